@@ -1,0 +1,150 @@
+"""The records that flow between stages: graph -> kernels -> features -> regressors -> prediction.
+
+They live in one module so that the whole pipeline's vocabulary can be read in one place.
+All are frozen: a stage never edits what an earlier stage produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One ONNX node after shape inference.
+
+    Shapes are concrete (no symbolic dims survive the front end). Spatial attributes are
+    normalised to 2-D tuples for conv/pool nodes and left empty for others. `flops` counts
+    multiply and add separately (2 x MACs), matching the FLOPS column of the public data.
+    """
+
+    name: str
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    input_shapes: tuple[Shape | None, ...]
+    output_shapes: tuple[Shape | None, ...]
+    kernel_shape: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()  # ONNX order: begin_h, begin_w, end_h, end_w
+    dilations: tuple[int, ...] = ()
+    group: int = 1
+    flops: int = 0
+    params: int = 0
+    bytes_moved: int = 0  # activations read + written + weights, at 4 bytes an element
+    attrs: tuple[tuple[str, Any], ...] = ()  # other scalar attributes, e.g. ("axis", 1)
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        for k, v in self.attrs:
+            if k == key:
+                return v
+        return default
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A parsed model: its layers in topological order and where tensors come from."""
+
+    name: str
+    layers: tuple[Layer, ...]
+    inputs: tuple[tuple[str, Shape], ...]
+    outputs: tuple[str, ...]
+    initializers: frozenset[str]  # names of weight tensors (not activations)
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """What the runtime launches: one main layer plus the layers folded or linked into it.
+
+    `kind` selects the regressor (conv, dwconv, gconv, fc, pool_max, pool_avg, pool_global,
+    concat, and for runtimes that measure them add, mul, act, ...). The geometric fields are
+    the ones the public measurements also carry, so that a measured row and an ONNX-derived
+    kernel produce the same features.
+    """
+
+    name: str
+    kind: str
+    op_type: str  # ONNX op type of the main layer
+    layers: tuple[str, ...]  # names of every ONNX layer this kernel covers
+    h_in: int = 1
+    w_in: int = 1
+    c_in: int = 0
+    h_out: int = 1
+    w_out: int = 1
+    c_out: int = 0
+    kernel: int = 1
+    stride: int = 1
+    groups: int = 1
+    pad: int = 0  # total padding along H (begin + end)
+    flops: int = 0
+    params: int = 0
+    bytes_moved: int = 0
+    n_inputs: int = 1
+    fused: tuple[str, ...] = ()  # e.g. ("add", "relu")
+
+
+@dataclass(frozen=True)
+class KernelPlan:
+    """A graph split into kernels, plus what the runtime does not launch as a modelled kernel."""
+
+    graph: str
+    runtime: str
+    kernels: tuple[Kernel, ...]
+    overhead: tuple[Layer, ...]  # standalone ops without a per-kernel model: the corrector covers them
+    free: tuple[Layer, ...]  # shape-only ops the runtime does not launch (Reshape, Flatten, ...)
+    unsupported: tuple[Layer, ...]  # op types no rule knows: reported, never counted as 0 ms
+
+
+@dataclass(frozen=True)
+class LayerTime:
+    name: str
+    op: str
+    kernel: str
+    ms: float
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    op: str
+    count: int
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The one answer format: `leti predict --json` and the service print `to_dict()`."""
+
+    soc: str
+    runtime: str
+    total_ms: float
+    interval_ms: tuple[float, float]
+    layers: tuple[LayerTime, ...]
+    unsupported: tuple[Unsupported, ...]
+    model_version: str
+    provenance: str  # measured | transfer | calibrated
+    kernel_sum_ms: float = 0.0
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self, layers: bool = True) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "soc": self.soc,
+            "runtime": self.runtime,
+            "total_ms": round(self.total_ms, 4),
+            "interval_ms": [round(self.interval_ms[0], 4), round(self.interval_ms[1], 4)],
+            "kernel_sum_ms": round(self.kernel_sum_ms, 4),
+            "unsupported": [
+                {"op": u.op, "count": u.count, "names": list(u.names)} for u in self.unsupported
+            ],
+            "model_version": self.model_version,
+            "provenance": self.provenance,
+            "notes": list(self.notes),
+        }
+        if layers:
+            doc["layers"] = [
+                {**asdict(lt), "ms": round(lt.ms, 4)} for lt in self.layers
+            ]
+        return doc

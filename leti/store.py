@@ -1,0 +1,67 @@
+"""Atomic file writes and where models live.
+
+Every model, manifest and measurement file goes through `atomic_write_*`: a crash or a full disk
+leaves the old file intact rather than a half-written one that a server would later load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ENV_MODELS_DIR = "LETI_MODELS_DIR"
+ENV_MEASUREMENTS_DIR = "LETI_MEASUREMENTS_DIR"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def models_dir(arg: str | os.PathLike[str] | None = None) -> Path:
+    """`--models-dir`, else $LETI_MODELS_DIR, else the bundled `models/` next to the package."""
+    if arg:
+        return Path(arg)
+    if os.environ.get(ENV_MODELS_DIR):
+        return Path(os.environ[ENV_MODELS_DIR])
+    bundled = _REPO_ROOT / "models"
+    return bundled if bundled.is_dir() else Path("models")
+
+
+def measurements_dir(arg: str | os.PathLike[str] | None = None) -> Path:
+    if arg:
+        return Path(arg)
+    if os.environ.get(ENV_MEASUREMENTS_DIR):
+        return Path(os.environ[ENV_MEASUREMENTS_DIR])
+    bundled = _REPO_ROOT / "measurements"
+    return bundled if bundled.is_dir() else Path("measurements")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_path)` on a temp file in the same folder, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        write(tmp_path)
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
