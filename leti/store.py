@@ -46,6 +46,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; keep the usual mode
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -53,6 +54,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         tmp_path.unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

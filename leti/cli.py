@@ -1,0 +1,238 @@
+"""`leti` command line: import | fit | predict | evaluate | serve | calibrate | measure."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from leti.errors import LetiError
+
+
+def _shape_arg(text: str) -> tuple[str, list[int]]:
+    """`input=1,3,224,224` -> ("input", [1, 3, 224, 224])."""
+    name, _, dims = text.partition("=")
+    if not dims:
+        raise argparse.ArgumentTypeError("expected NAME=D1,D2,... e.g. input=1,3,224,224")
+    try:
+        return name, [int(d) for d in dims.split(",")]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad dims in {text!r}") from exc
+
+
+def _add_models_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models-dir", type=Path, default=None, help="default: $LETI_MODELS_DIR or models/"
+    )
+
+
+def _add_measurements_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--measurements-dir",
+        type=Path,
+        default=None,
+        help="default: $LETI_MEASUREMENTS_DIR or measurements/",
+    )
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from leti.measurements import import_mobile_ml_benchmark
+
+    if args.source != "mobile-ml-benchmark":
+        raise LetiError(f"unknown source {args.source!r}; known: mobile-ml-benchmark")
+    out = args.measurements_dir / args.source if args.measurements_dir else None
+    report = import_mobile_ml_benchmark(Path(args.path), out_dir=out, zoo_dir=args.zoo)
+    print(report.summary())
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from leti.evaluate import evaluate_soc, measured_pairs
+    from leti.fit import fit_and_save
+    from leti.store import models_dir
+
+    root = models_dir(args.models_dir)
+    pairs = measured_pairs(args.measurements_dir)
+    if args.soc:
+        from leti.socs import resolve
+
+        pairs = [p for p in pairs if p[0] == resolve(args.soc).id]
+    if args.runtime:
+        pairs = [p for p in pairs if p[1] == args.runtime]
+    if not pairs:
+        raise LetiError("nothing to fit: no end-to-end measurements match (run `leti import`)")
+    for soc, runtime in pairs:
+        t0 = time.perf_counter()
+        cv = {}
+        if not args.no_cv:
+            cv = evaluate_soc(soc, runtime, args.measurements_dir).scores
+        manifest = fit_and_save(soc, runtime, root, args.measurements_dir, cv_metrics=cv)
+        acc = f", CV ±10% {100 * cv['leti']['acc10']:.1f}%" if cv else ""
+        print(
+            f"{soc}/{runtime}: {manifest['model_version']} "
+            f"({manifest['training']['graphs']} graphs{acc}) in {time.perf_counter() - t0:.1f}s"
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from leti.estimator import Estimator
+
+    est = Estimator.load(args.soc, args.runtime, args.models_dir)
+    shapes = dict(args.input_shape) if args.input_shape else None
+    pred = est.predict(args.graph, shapes)
+    if args.json:
+        print(json.dumps(pred.to_dict(layers=not args.no_layers), indent=2))
+        return 0
+    lo, hi = pred.interval_ms
+    print(f"{pred.soc} / {pred.runtime} ({pred.provenance}, {pred.model_version})")
+    print(f"end-to-end: {pred.total_ms:.2f} ms  (interval {lo:.2f} - {hi:.2f} ms)")
+    if not args.no_layers:
+        top = sorted(pred.layers, key=lambda lt: -lt.ms)[: args.top]
+        print(f"top {len(top)} of {len(pred.layers)} kernels:")
+        for lt in top:
+            print(f"  {lt.ms:9.3f} ms  {lt.kernel:<24} {lt.name}")
+    for u in pred.unsupported:
+        print(f"unsupported: {u.op} x{u.count} (not included in the total)")
+    for note in pred.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.transfer:
+        from leti.transfer_eval import main as transfer_main
+
+        return transfer_main(args)
+    from leti.evaluate import evaluate_soc, measured_pairs, plot_png, report_markdown
+    from leti.store import atomic_write_json, atomic_write_text
+
+    t0 = time.perf_counter()
+    pairs = measured_pairs(args.measurements_dir)
+    if args.runtime:
+        pairs = [p for p in pairs if p[1] == args.runtime]
+    results = []
+    for soc, runtime in pairs:
+        r = evaluate_soc(soc, runtime, args.measurements_dir)
+        s = r.scores["leti"]
+        print(
+            f"{soc:>14} {runtime:<15} ±10% {100 * s['acc10']:5.1f}%  MAPE {100 * s['mape']:5.1f}%"
+            f"  tau {s['kendall_tau']:.3f}  | FLOPs ±10% {100 * r.scores['flops']['acc10']:5.1f}%"
+        )
+        results.append(r)
+    out = Path(args.out)
+    atomic_write_text(out, report_markdown(results, time.perf_counter() - t0))
+    atomic_write_json(
+        out.with_suffix(".json"),
+        {f"{r.soc}/{r.runtime}": r.scores for r in results},
+    )
+    if plot_png(results, out.with_suffix(".png")):
+        print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
+    else:
+        print(f"wrote {out} (no PNG: install matplotlib, `pip install leti[plot]`)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from leti.server import run_serve
+
+    return run_serve(args) or 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from leti.calibration import run_calibrate
+
+    return run_calibrate(args) or 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from leti.measure import run_measure
+
+    return run_measure(args) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="leti", description="mobile-GPU latency estimator")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import", help="validate and import a public measurement data set")
+    p.add_argument("source", help="mobile-ml-benchmark")
+    p.add_argument("path", help="folder of the data set, e.g. ../shared/data/mobile-ml-benchmark")
+    p.add_argument("--zoo", type=Path, default=None, help="folder of the models' ONNX graphs")
+    _add_measurements_dir(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("fit", help="retrain models/ from measurements/")
+    p.add_argument("--soc", default=None)
+    p.add_argument("--runtime", default=None)
+    p.add_argument("--no-cv", action="store_true", help="skip grouped CV metrics in the manifest")
+    _add_models_dir(p)
+    _add_measurements_dir(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="predict the end-to-end latency of an ONNX graph")
+    p.add_argument("graph", type=Path)
+    p.add_argument("--soc", required=True)
+    p.add_argument("--runtime", default=None, help="default: tflite-gpu")
+    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
+    p.add_argument("--no-layers", action="store_true")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--input-shape", type=_shape_arg, action="append", metavar="NAME=D1,D2,..")
+    _add_models_dir(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="grouped-CV accuracy report")
+    p.add_argument("--runtime", default=None)
+    p.add_argument("--out", default="benchmarks/accuracy.md")
+    p.add_argument("--transfer", action="store_true", help="leave-one-SoC-out transfer report")
+    _add_models_dir(p)
+    _add_measurements_dir(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="serve the HTTP API (waitress)")
+    try:
+        from leti.server import add_serve_arguments
+
+        add_serve_arguments(p)
+    except ImportError:  # pragma: no cover - server module missing in a broken install
+        pass
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("calibrate", help="fit a calibration from end-to-end timings")
+    p.add_argument("--soc", required=True)
+    p.add_argument("--runtime", default=None)
+    p.add_argument("--measurements", type=Path, required=True, help="CSV: graph,latency_ms")
+    _add_models_dir(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("measure", help="collect per-kernel measurements on a device")
+    try:
+        from leti.measure import add_measure_arguments
+
+        add_measure_arguments(p)
+    except ImportError:  # pragma: no cover
+        pass
+    p.set_defaults(func=cmd_measure)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        return args.func(args)
+    except LetiError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

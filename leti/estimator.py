@@ -1,0 +1,197 @@
+"""`Estimator`: load the trained models of one (SoC, runtime) and predict end-to-end latency.
+
+Prediction runs the pipeline in one direction: graph -> kernels -> features -> per-kernel
+regressors -> sum -> graph-level correction. An Estimator is immutable after `load`, so one
+instance can serve many threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from leti import socs
+from leti.errors import LetiError, ModelNotFoundError
+from leti.features import graph_features, kernel_features, kernels_frame
+from leti.graph import parse_graph
+from leti.kernels import plan as plan_kernels
+from leti.records import Graph, KernelPlan, LayerTime, Prediction, Unsupported
+from leti.regressors import GraphCorrector, KernelRegressors
+from leti.store import models_dir as resolve_models_dir
+
+GraphSource = str | os.PathLike[str] | bytes | onnx.ModelProto
+OVERHEAD_LAYER = "(graph overhead)"
+
+__all__ = ["Estimator", "available", "model_folder", "GraphSource", "OVERHEAD_LAYER"]
+
+
+def model_folder(models_dir: Path, soc: str, runtime: str) -> Path:
+    return Path(models_dir) / soc / runtime
+
+
+@dataclass(frozen=True)
+class Estimator:
+    soc: str
+    runtime: str
+    model_version: str
+    provenance: str
+    kernels: KernelRegressors
+    corrector: GraphCorrector
+    manifest: Mapping
+    log_interval: tuple[float, float] = (-0.2, 0.2)
+    calibration: Mapping | None = None
+
+    @classmethod
+    def load(
+        cls,
+        soc: str,
+        runtime: str | None = None,
+        models_dir: str | os.PathLike[str] | None = None,
+    ) -> Estimator:
+        """Load the models for `soc` (an id or alias); runtime defaults to tflite-gpu."""
+        s = socs.resolve(soc)
+        rt = socs.resolve_runtime(runtime)
+        root = resolve_models_dir(models_dir)
+        folder = model_folder(root, s.id, rt)
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            from leti.transfer import load_transfer_estimator
+
+            est = load_transfer_estimator(s, rt, root)
+            if est is not None:
+                return est
+            have = ", ".join(f"{a['soc']}/{a['runtime']}" for a in available(root)) or "none"
+            raise ModelNotFoundError(
+                f"no trained model for {s.id} on {rt} in {root}; available: {have}",
+                detail=have,
+            )
+        manifest = json.loads(manifest_path.read_text("utf-8"))
+        est = cls(
+            soc=s.id,
+            runtime=rt,
+            model_version=manifest["model_version"],
+            provenance="measured",
+            kernels=KernelRegressors.load(folder, manifest["kernel_files"]),
+            corrector=GraphCorrector.load(folder / manifest["corrector_file"]),
+            manifest=manifest,
+            log_interval=tuple(manifest.get("interval_log_quantiles", (-0.2, 0.2))),
+        )
+        from leti.calibration import apply_saved_calibration
+
+        return apply_saved_calibration(est, root)
+
+    # -- the pipeline ------------------------------------------------------------------------
+    def plan(self, source: GraphSource | Graph, input_shapes=None) -> KernelPlan:
+        graph = source if isinstance(source, Graph) else parse_graph(source, input_shapes)
+        return plan_kernels(graph, self.runtime)
+
+    def kernel_ms(self, plan: KernelPlan) -> np.ndarray:
+        return self.kernels.predict(kernels_frame(plan.kernels))
+
+    def predict(self, source: GraphSource | Graph, input_shapes=None) -> Prediction:
+        """End-to-end latency of one graph; raises a LetiError subclass on bad input."""
+        plan = self.plan(source, input_shapes)
+        return self.predict_plan(plan)
+
+    def predict_plan(self, plan: KernelPlan) -> Prediction:
+        ms = self.kernel_ms(plan)
+        kernel_sum = float(ms.sum())
+        log_ratio = float(self.corrector.predict(graph_features(plan, ms))[0]) if len(ms) else 0.0
+        total = kernel_sum * float(np.exp(log_ratio))
+        lo, hi = self.log_interval
+        if self.calibration:
+            total, (lo, hi) = _calibrate(total, self.calibration)
+        layers = [
+            LayerTime(k.name, k.op_type, "+".join((k.kind, *k.fused)), float(t))
+            for k, t in zip(plan.kernels, ms, strict=True)
+        ]
+        if plan.overhead or total != kernel_sum:
+            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", total - kernel_sum))
+        unsupported = _group_unsupported(plan)
+        notes = []
+        if unsupported:
+            n = sum(u.count for u in unsupported)
+            ops = ", ".join(u.op for u in unsupported)
+            notes.append(f"total_ms excludes {n} unsupported layer(s) ({ops}): no latency model")
+        if plan.overhead:
+            notes.append(
+                f"{len(plan.overhead)} standalone layer(s) without per-kernel data are priced by "
+                "the graph-level corrector and appear as the overhead entry"
+            )
+        return Prediction(
+            soc=self.soc,
+            runtime=self.runtime,
+            total_ms=total,
+            interval_ms=(total * float(np.exp(lo)), total * float(np.exp(hi))),
+            layers=tuple(layers),
+            unsupported=unsupported,
+            model_version=self.model_version,
+            provenance=self.provenance,
+            kernel_sum_ms=kernel_sum,
+            notes=tuple(notes),
+        )
+
+    def predict_many(
+        self, sources: Sequence[GraphSource], input_shapes=None
+    ) -> list[Prediction | LetiError]:
+        """One result per graph, in order; a bad graph yields its error, not an exception."""
+        out: list[Prediction | LetiError] = []
+        for src in sources:
+            try:
+                out.append(self.predict(src, input_shapes))
+            except LetiError as exc:
+                out.append(exc)
+        return out
+
+
+def _calibrate(total: float, cal: Mapping) -> tuple[float, tuple[float, float]]:
+    """Log-affine map of the uncalibrated total: log t' = a + b log t (see leti.calibration)."""
+    a, b = float(cal["a"]), float(cal["b"])
+    new = float(np.exp(a + b * np.log(max(total, 1e-9))))
+    lo, hi = cal.get("interval_log_quantiles", (-0.2, 0.2))
+    return new, (float(lo), float(hi))
+
+
+def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:
+    counts = Counter(layer.op_type for layer in plan.unsupported)
+    return tuple(
+        Unsupported(
+            op=op,
+            count=n,
+            names=tuple(la.name for la in plan.unsupported if la.op_type == op)[:20],
+        )
+        for op, n in sorted(counts.items())
+    )
+
+
+def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
+    """Every loadable (soc, runtime): measured models, then transfer and calibrated ones."""
+    root = resolve_models_dir(models_dir)
+    registry = socs.all_socs()
+    out = []
+    for manifest_path in sorted(root.glob("*/*/manifest.json")):
+        m = json.loads(manifest_path.read_text("utf-8"))
+        soc = registry.get(m["soc"])
+        if soc is None:
+            continue
+        out.append(
+            {
+                "soc": soc.id,
+                "name": soc.name,
+                "gpu": soc.gpu,
+                "runtime": m["runtime"],
+                "model_version": m["model_version"],
+                "provenance": "measured",
+            }
+        )
+    from leti.transfer import available_transfer
+
+    out.extend(available_transfer(root, {(a["soc"], a["runtime"]) for a in out}))
+    return out

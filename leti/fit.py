@@ -1,0 +1,242 @@
+"""Training: per-kernel regressors plus a graph-level corrector fitted on out-of-fold sums.
+
+The corrector learns log(end-to-end / predicted kernel sum). If it were fitted on kernel sums
+predicted by regressors that had seen the same models, it would learn the in-sample error, which
+is smaller than what a new graph sees. So each training graph's kernel sum comes from regressors
+fitted without that graph (grouped K-fold by model), exactly as at prediction time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leti import measurements
+from leti.errors import LetiError, MeasurementError
+from leti.features import graph_features, kernels_frame
+from leti.graph import parse_graph
+from leti.kernels import plan as plan_kernels
+from leti.records import KernelPlan
+from leti.regressors import GraphCorrector, KernelRegressors
+from leti.store import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+N_SPLITS = 5
+
+
+@dataclass
+class TrainingSet:
+    soc: str
+    runtime: str
+    kernel_rows: pd.DataFrame  # measurement rows: geometry + latency_ms + model
+    e2e: pd.DataFrame  # one row per model with a parsed graph: model, latency_ms
+    plans: dict[str, KernelPlan]  # model -> kernels derived from its ONNX graph
+
+    @property
+    def models(self) -> list[str]:
+        return sorted(self.plans)
+
+
+_PLAN_CACHE: dict[tuple[str, str], KernelPlan] = {}
+
+
+def load_plan(graph_path: str, runtime: str) -> KernelPlan:
+    """Parse a training graph once per process (evaluate re-uses them across SoCs)."""
+    key = (graph_path, runtime)
+    if key not in _PLAN_CACHE:
+        _PLAN_CACHE[key] = plan_kernels(parse_graph(graph_path), runtime)
+    return _PLAN_CACHE[key]
+
+
+def load_training_set(
+    soc: str, runtime: str, measurements_root: Path | None = None
+) -> TrainingSet:
+    rows = measurements.load_kernels(measurements_root, soc=soc, runtime=runtime)
+    e2e = measurements.load_e2e(measurements_root, soc=soc, runtime=runtime)
+    if rows.empty:
+        raise MeasurementError(f"no kernel measurements for {soc}/{runtime}: run `leti import`")
+    plans: dict[str, KernelPlan] = {}
+    keep = []
+    for rec in e2e.itertuples():
+        path = str(rec.graph) if isinstance(rec.graph, str) else ""
+        if not path or not Path(path).is_file():
+            log.warning("%s: no ONNX graph at %r, end-to-end row not used", rec.model, path)
+            continue
+        try:
+            plans[rec.model] = load_plan(path, runtime)
+            keep.append(rec.Index)
+        except LetiError as exc:
+            log.warning("%s: graph %s unusable: %s", rec.model, path, exc)
+    e2e = e2e.loc[keep].drop_duplicates("model").set_index("model", drop=False)
+    return TrainingSet(soc, runtime, rows.reset_index(drop=True), e2e, plans)
+
+
+def group_folds(models: Sequence[str], n_splits: int, seed: int = 0) -> list[list[str]]:
+    """Split model names into `n_splits` disjoint groups (deterministic shuffle)."""
+    order = sorted(models)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(order)
+    return [sorted(order[i::n_splits]) for i in range(n_splits)]
+
+
+def fit_kernels(ts: TrainingSet, exclude: Sequence[str] = ()) -> KernelRegressors:
+    rows = ts.kernel_rows[~ts.kernel_rows["model"].isin(list(exclude))]
+    return KernelRegressors().fit(rows, rows["latency_ms"].to_numpy())
+
+
+def predict_kernel_ms(
+    model: KernelRegressors, plans: dict[str, KernelPlan], names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Kernel latencies of several graphs in one batched regressor call."""
+    frames = [kernels_frame(plans[n].kernels) for n in names]
+    sizes = [len(f) for f in frames]
+    if not frames or sum(sizes) == 0:
+        return {n: np.zeros(0) for n in names}
+    ms = model.predict(pd.concat(frames, ignore_index=True))
+    out, start = {}, 0
+    for n, size in zip(names, sizes, strict=True):
+        out[n] = ms[start : start + size]
+        start += size
+    return out
+
+
+def oof_kernel_ms(
+    ts: TrainingSet, models: Sequence[str], exclude: Sequence[str] = (), seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Kernel latencies for each graph in `models` from regressors that never saw that model."""
+    out: dict[str, np.ndarray] = {}
+    for fold in group_folds(models, min(N_SPLITS, len(models)), seed):
+        regs = fit_kernels(ts, exclude=[*exclude, *fold])
+        out.update(predict_kernel_ms(regs, ts.plans, fold))
+    return out
+
+
+def corrector_data(
+    ts: TrainingSet, kernel_ms: dict[str, np.ndarray], models: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    x = np.array([graph_features(ts.plans[m], kernel_ms[m]) for m in models])
+    y = np.array(
+        [np.log(ts.e2e.loc[m, "latency_ms"]) - np.log(max(kernel_ms[m].sum(), 1e-6)) for m in models]
+    )
+    return x, y
+
+
+@dataclass
+class FittedPipeline:
+    kernels: KernelRegressors
+    corrector: GraphCorrector
+    log_interval: tuple[float, float]
+    oof_log_residuals: np.ndarray
+
+
+def fit_pipeline(ts: TrainingSet, train_models: Sequence[str], seed: int = 0) -> FittedPipeline:
+    """Fit on `train_models` only (every other model with a graph is held out entirely)."""
+    held_out = [m for m in ts.models if m not in set(train_models)]
+    oof = oof_kernel_ms(ts, train_models, exclude=held_out, seed=seed)
+    x, y = corrector_data(ts, oof, train_models)
+    corrector = GraphCorrector().fit(x, y)
+    # Residuals of the corrector itself, out of fold, size the prediction interval.
+    resid = np.empty(len(train_models))
+    index = {m: i for i, m in enumerate(train_models)}
+    for fold in group_folds(train_models, min(N_SPLITS, len(train_models)), seed + 1):
+        idx = [index[m] for m in fold]
+        rest = [i for i in range(len(train_models)) if i not in set(idx)]
+        c = GraphCorrector().fit(x[rest], y[rest])
+        resid[idx] = y[idx] - c.predict(x[idx])
+    lo, hi = np.quantile(resid, [0.05, 0.95]) if len(resid) >= 5 else (-0.3, 0.3)
+    kernels = fit_kernels(ts, exclude=held_out)
+    return FittedPipeline(kernels, corrector, (float(lo), float(hi)), resid)
+
+
+def predict_totals(
+    pipe: FittedPipeline, ts: TrainingSet, models: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(corrected end-to-end, raw kernel sum) for held-out graphs."""
+    ms = predict_kernel_ms(pipe.kernels, ts.plans, models)
+    sums = np.array([ms[m].sum() for m in models])
+    x = np.array([graph_features(ts.plans[m], ms[m]) for m in models])
+    return sums * np.exp(pipe.corrector.predict(x)), sums
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("leti", "xgboost-cpu", "xgboost", "numpy", "pandas", "scikit-learn", "onnx"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _fusion_hash() -> str:
+    from importlib import resources
+
+    raw = resources.files("leti").joinpath("data/fusion.json").read_bytes()
+    return hashlib.sha256(raw).hexdigest()
+
+
+def fit_and_save(
+    soc: str,
+    runtime: str,
+    models_dir: Path,
+    measurements_root: Path | None = None,
+    cv_metrics: dict | None = None,
+) -> dict:
+    """Train on every model for (soc, runtime) and write models + manifest atomically."""
+    ts = load_training_set(soc, runtime, measurements_root)
+    if len(ts.models) < 5:
+        raise MeasurementError(f"{soc}/{runtime}: {len(ts.models)} graphs with timings; need >= 5")
+    pipe = fit_pipeline(ts, ts.models)
+    folder = Path(models_dir) / soc / runtime
+    stage = folder.with_name(f".{runtime}.staging")
+    shutil.rmtree(stage, ignore_errors=True)
+    kernel_files = pipe.kernels.save(stage)
+    pipe.corrector.save(stage / "corrector.json")
+    data = measurements.data_manifest(measurements_root)
+    created = datetime.now(UTC).replace(microsecond=0).isoformat()
+    digest = hashlib.sha256(
+        json.dumps([data.get("data_sha256", ""), _fusion_hash(), sorted(kernel_files)]).encode()
+    ).hexdigest()[:10]
+    manifest = {
+        "soc": soc,
+        "runtime": runtime,
+        "model_version": f"{soc}-{runtime}-{created[:10]}-{digest}",
+        "created": created,
+        "kernel_files": kernel_files,
+        "corrector_file": "corrector.json",
+        "interval_log_quantiles": list(pipe.log_interval),
+        "training": {
+            "kernel_rows": len(ts.kernel_rows),
+            "graphs": len(ts.models),
+            "kinds": sorted(pipe.kernels.kinds),
+        },
+        "data": data,
+        "fusion_rules_sha256": _fusion_hash(),
+        "libraries": _versions(),
+        "cv": cv_metrics or {},
+        "format": "xgboost JSON per kernel kind + ridge corrector JSON; no pickle",
+    }
+    atomic_write_json(stage / "manifest.json", manifest)
+    _swap_in(stage, folder)
+    return manifest
+
+
+def _swap_in(stage: Path, folder: Path) -> None:
+    """Replace `folder` by the fully written `stage` so a reader never sees a mixed set."""
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    stage.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)

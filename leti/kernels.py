@@ -1,0 +1,330 @@
+"""Group ONNX layers into the kernels a mobile GPU runtime actually launches.
+
+Latency is a property of launched kernels, not of ONNX nodes: the TFLite GPU delegate folds
+BatchNorm into the conv and *links* activations and residual adds into the kernel that produces
+their input (`convolution_2d_5_linked_:_add_6_linked_:_relu_7` in the public data). The rules are
+data (`data/fusion.json`, one table per runtime); this module only applies them.
+
+Two passes:
+1. `_canonical_ops` collapses exporter idioms into the op the runtime sees (PyTorch exports
+   hard-swish as Add/Clip/Mul/Div and swish as Mul(x, Sigmoid(x)); converters fuse them back).
+   Nodes computed only from constants are folded away here too.
+2. `plan` walks the ops in order and applies fold / link / kernel / overhead / free roles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+from leti.records import Graph, Kernel, KernelPlan, Layer
+
+_CONV_LIKE = ("conv", "dwconv", "gconv")
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    runtime: str
+    kernel: dict[str, str]
+    fold: frozenset[str]
+    link: dict[str, str]
+    link_into: frozenset[str]
+    overhead: frozenset[str]
+    free: frozenset[str]
+    link_unary_shared: bool
+
+
+@cache
+def rules(runtime: str) -> FusionRules:
+    raw = json.loads(resources.files("leti").joinpath("data/fusion.json").read_text("utf-8"))
+    name = raw["aliases"].get(runtime, runtime)
+    if name not in raw["runtimes"]:
+        raise KeyError(f"no fusion rules for runtime {runtime!r}")
+    table = raw["runtimes"][name]
+    common = raw["common"]
+    return FusionRules(
+        runtime=runtime,
+        kernel=dict(table["kernel"]),
+        fold=frozenset(table["fold"]),
+        link=dict(table["link"]),
+        link_into=frozenset(table["link_into"]),
+        overhead=frozenset(table["overhead"]),
+        free=frozenset(common["free"]),
+        link_unary_shared=bool(table.get("link_unary_shared", False)),
+    )
+
+
+@dataclass
+class _Op:
+    """A canonical op: one runtime-visible operation covering one or more ONNX layers."""
+
+    op_type: str
+    main: Layer
+    layers: list[Layer]
+    inputs: list[str]  # runtime (non-constant) inputs
+    output: str
+
+
+@dataclass
+class _Building:
+    """A kernel under construction: mutable while later layers are folded or linked into it."""
+
+    kind: str
+    op: _Op
+    layers: list[str]
+    fused: list[str] = field(default_factory=list)
+    depth: int = 0
+    order: int = 0
+
+
+def _index(graph: Graph) -> tuple[dict[str, Layer], Counter[str], set[str]]:
+    producer: dict[str, Layer] = {}
+    consumers: Counter[str] = Counter()
+    for layer in graph.layers:
+        for out in layer.outputs:
+            producer[out] = layer
+        for t in layer.inputs:
+            if t:
+                consumers[t] += 1
+    for out in graph.outputs:
+        consumers[out] += 1
+    const = set(graph.initializers)
+    for layer in graph.layers:
+        runtime_inputs = [t for t in layer.inputs if t and t not in const]
+        if layer.op_type in ("Constant", "Shape", "ConstantOfShape", "Size") or not runtime_inputs:
+            const.update(layer.outputs)
+    return producer, consumers, const
+
+
+def _canonical_ops(graph: Graph) -> list[_Op]:
+    producer, consumers, const = _index(graph)
+    absorbed: set[str] = set()
+    ops: list[_Op] = []
+
+    def sole_consumer(tensor: str) -> Layer | None:
+        if consumers[tensor] != 1:
+            return None
+        for layer in _consumers_of(tensor):
+            return layer
+        return None
+
+    users: dict[str, list[Layer]] = {}
+    for layer in graph.layers:
+        for t in layer.inputs:
+            if t:
+                users.setdefault(t, []).append(layer)
+
+    def _consumers_of(tensor: str) -> list[Layer]:
+        return users.get(tensor, [])
+
+    def runtime_inputs(layer: Layer) -> list[str]:
+        return [t for t in layer.inputs if t and t not in const]
+
+    def hard_sigmoid_from(add: Layer) -> tuple[list[Layer], str, str] | None:
+        """Add(x, c) -> Clip -> Div(., c) | Mul(., c): returns (layers, x, output)."""
+        rin = runtime_inputs(add)
+        if add.op_type != "Add" or len(rin) != 1:
+            return None
+        clip = sole_consumer(add.outputs[0])
+        if clip is None or clip.op_type != "Clip":
+            return None
+        scale = sole_consumer(clip.outputs[0])
+        if scale is None or scale.op_type not in ("Div", "Mul") or len(runtime_inputs(scale)) != 1:
+            return None
+        return [add, clip, scale], rin[0], scale.outputs[0]
+
+    def hard_swish_from(add: Layer) -> tuple[list[Layer], str, str] | None:
+        """Add(x, 3) -> Clip -> Mul(x, .) -> Div(., 6): PyTorch's hardswish export."""
+        rin = runtime_inputs(add)
+        if add.op_type != "Add" or len(rin) != 1:
+            return None
+        x = rin[0]
+        clip = sole_consumer(add.outputs[0])
+        if clip is None or clip.op_type != "Clip":
+            return None
+        mul = sole_consumer(clip.outputs[0])
+        if mul is None or mul.op_type != "Mul" or x not in mul.inputs:
+            return None
+        div = sole_consumer(mul.outputs[0])
+        if div is None or div.op_type not in ("Div", "Mul") or len(runtime_inputs(div)) != 1:
+            return None
+        return [add, clip, mul, div], x, div.outputs[0]
+
+    for layer in graph.layers:
+        if layer.name in absorbed:
+            continue
+        rin = runtime_inputs(layer)
+        if not rin or layer.op_type in ("Constant", "Shape", "ConstantOfShape", "Size"):
+            continue  # folded at conversion time: never launched
+        if layer.op_type == "Add":
+            hs = hard_swish_from(layer)
+            if hs is not None:
+                covered, x, out = hs
+                absorbed.update(c.name for c in covered)
+                ops.append(_Op("HardSwish", covered[0], covered, [x], out))
+                continue
+            hsig = hard_sigmoid_from(layer)
+            if hsig is not None:
+                covered, x, out = hsig
+                # x * hsigmoid(x) is a hard swish too
+                mul = sole_consumer(out)
+                if mul is not None and mul.op_type == "Mul" and x in mul.inputs and out in mul.inputs:
+                    covered = [*covered, mul]
+                    absorbed.update(c.name for c in covered)
+                    ops.append(_Op("HardSwish", covered[0], covered, [x], mul.outputs[0]))
+                else:
+                    absorbed.update(c.name for c in covered)
+                    ops.append(_Op("HardSigmoid", covered[0], covered, [x], out))
+                continue
+        if layer.op_type == "Sigmoid" and len(rin) == 1:
+            mul = sole_consumer(layer.outputs[0])
+            if mul is not None and mul.op_type == "Mul" and rin[0] in mul.inputs:
+                covered = [layer, mul]
+                absorbed.update(c.name for c in covered)
+                ops.append(_Op("Swish", layer, covered, rin, mul.outputs[0]))
+                continue
+        ops.append(_Op(layer.op_type, layer, [layer], rin, layer.outputs[0] if layer.outputs else ""))
+    return ops
+
+
+def _dims(shape) -> tuple[int, int, int]:
+    """(C, H, W) of an NCHW (or NC / NCW) activation; 1 for missing dims."""
+    if not shape:
+        return 0, 1, 1
+    s = list(shape)
+    c = s[1] if len(s) > 1 else s[0]
+    h = s[2] if len(s) > 2 else 1
+    w = s[3] if len(s) > 3 else 1
+    return int(c), int(h), int(w)
+
+
+def _kind_for(op: _Op, base: str) -> str:
+    layer = op.main
+    if base == "conv":
+        c_in, _, _ = _dims(layer.input_shapes[0] if layer.input_shapes else None)
+        if layer.group <= 1:
+            return "conv"
+        return "dwconv" if layer.group == c_in else "gconv"
+    if base in ("pool_avg", "pool_global"):
+        if layer.op_type in ("GlobalAveragePool",):
+            return "pool_global"
+        _, h_out, w_out = _dims(layer.output_shapes[0] if layer.output_shapes else None)
+        return "pool_global" if (h_out, w_out) == (1, 1) else ("pool_avg" if base == "pool_avg" else "")
+    return base
+
+
+def _make_kernel(b: _Building) -> Kernel:
+    layer = b.op.main
+    in_shape = layer.input_shapes[0] if layer.input_shapes else None
+    out_shape = layer.output_shapes[0] if layer.output_shapes else None
+    c_in, h_in, w_in = _dims(in_shape)
+    c_out, h_out, w_out = _dims(out_shape)
+    if b.kind == "fc":
+        c_in = int(in_shape[-1]) if in_shape else 0
+        c_out = int(out_shape[-1]) if out_shape else 0
+        h_in = w_in = h_out = w_out = 1
+    n_inputs = len(b.op.inputs)
+    if b.kind == "concat":
+        c_in = sum(_dims(s)[0] for s in layer.input_shapes if s)
+    kernel = layer.kernel_shape[0] if layer.kernel_shape else 1
+    if b.kind == "pool_global":
+        kernel = h_in
+    stride = layer.strides[0] if layer.strides else 1
+    pad = (layer.pads[0] + layer.pads[2]) if len(layer.pads) >= 4 else 0
+    return Kernel(
+        name=layer.name,
+        kind=b.kind,
+        op_type=b.op.op_type,
+        layers=tuple(b.layers),
+        h_in=h_in,
+        w_in=w_in,
+        c_in=c_in,
+        h_out=h_out,
+        w_out=w_out,
+        c_out=c_out,
+        kernel=int(kernel),
+        stride=int(stride),
+        groups=int(layer.group or 1),
+        pad=int(pad),
+        flops=int(layer.flops),
+        params=int(layer.params),
+        bytes_moved=int(layer.bytes_moved),
+        n_inputs=n_inputs,
+        fused=tuple(b.fused),
+    )
+
+
+def plan(graph: Graph, runtime: str) -> KernelPlan:
+    """Split `graph` into the kernels `runtime` launches (see module docstring)."""
+    r = rules(runtime)
+    ops = _canonical_ops(graph)
+    producer: dict[str, _Building] = {}
+    depth: dict[str, int] = {}
+    built: list[_Building] = []
+    overhead: list[Layer] = []
+    free: list[Layer] = []
+    unsupported: list[Layer] = []
+
+    # Consumers are counted between canonical ops: a hard-swish reads its input twice as ONNX
+    # nodes but once as the op the runtime sees.
+    consumers = Counter(t for op in ops for t in dict.fromkeys(op.inputs))
+    consumers.update(graph.outputs)
+    for order, op in enumerate(ops):
+        d = 1 + max((depth.get(t, 0) for t in op.inputs), default=0)
+        for layer in op.layers:
+            for out in layer.outputs:
+                depth[out] = d
+        names = [layer.name for layer in op.layers]
+        t = op.op_type
+
+        if t in r.fold and len(op.inputs) == 1:
+            target = producer.get(op.inputs[0])
+            if target and target.kind in _CONV_LIKE and consumers[op.inputs[0]] == 1:
+                target.layers.extend(names)
+                producer[op.output] = target
+                continue
+        if t in r.link:
+            # A unary op links even when its input has other readers (the data shows
+            # pre-activation BN+ReLU linked behind a residual add); a binary op only links
+            # into a producer nobody else reads.
+            unary = len(op.inputs) == 1 and r.link_unary_shared
+            candidates = [
+                producer[i]
+                for i in op.inputs
+                if i in producer
+                and producer[i].kind in r.link_into
+                and (consumers[i] == 1 or unary)
+            ]
+            if candidates:
+                # Two linkable producers (a residual add of two convs): the delegate links into
+                # the one scheduled last, which is the shallower shortcut branch.
+                target = min(candidates, key=lambda b: (b.depth, -b.order))
+                target.layers.extend(names)
+                target.fused.append(r.link[t])
+                producer[op.output] = target
+                continue
+        if t in r.kernel:
+            kind = _kind_for(op, r.kernel[t])
+            if kind and not (t == "MatMul" and len(op.inputs) != 1):
+                b = _Building(kind=kind, op=op, layers=names, depth=d, order=order)
+                built.append(b)
+                producer[op.output] = b
+                continue
+        if t in r.free:
+            free.extend(op.layers)
+        elif t in r.overhead:
+            overhead.extend(op.layers)
+        else:
+            unsupported.extend(op.layers)
+
+    return KernelPlan(
+        graph=graph.name,
+        runtime=runtime,
+        kernels=tuple(_make_kernel(b) for b in built),
+        overhead=tuple(overhead),
+        free=tuple(free),
+        unsupported=tuple(unsupported),
+    )

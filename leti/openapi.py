@@ -1,0 +1,356 @@
+"""The OpenAPI 3.0 description of the service, built as a dict (served at GET /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+OPENAPI_VERSION = "3.0.3"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_SOC = {
+    "name": "soc",
+    "in": "query",
+    "required": False,
+    "description": "SoC id or alias (e.g. snapdragon855, 'Snapdragon 855', pixel4). Required; "
+    "for multipart and JSON bodies it may be sent as a form/body field instead.",
+    "schema": {"type": "string"},
+    "example": "snapdragon855",
+}
+_RUNTIME = {
+    "name": "runtime",
+    "in": "query",
+    "required": False,
+    "description": "Runtime id; default tflite-gpu.",
+    "schema": {"type": "string"},
+    "example": "tflite-gpu",
+}
+_INPUT_SHAPE = {
+    "name": "input_shape",
+    "in": "query",
+    "required": False,
+    "description": "Concrete shapes for inputs with symbolic dims, as JSON: "
+    '{"input": [1, 3, 224, 224]}.',
+    "schema": {"type": "string"},
+}
+_LAYERS = {
+    "name": "layers",
+    "in": "query",
+    "required": False,
+    "description": "false returns the total only (no per-layer list). Default true.",
+    "schema": {"type": "boolean", "default": True},
+}
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error", "detail"],
+            "properties": {
+                "error": {
+                    "type": "string",
+                    "description": "Machine-readable kind, e.g. invalid_graph, unknown_soc, "
+                    "payload_too_large, symbolic_input_shape, too_many_layers.",
+                },
+                "detail": {"type": "string", "description": "Human-readable explanation."},
+                "known": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "For unknown_soc / unknown_runtime: the accepted ids.",
+                },
+                "input": {
+                    "type": "string",
+                    "description": "For symbolic_input_shape: the input that needs a shape.",
+                },
+            },
+        },
+        "LayerTime": {
+            "type": "object",
+            "required": ["name", "op", "kernel", "ms"],
+            "properties": {
+                "name": {"type": "string"},
+                "op": {"type": "string"},
+                "kernel": {"type": "string"},
+                "ms": {"type": "number"},
+            },
+        },
+        "Unsupported": {
+            "type": "object",
+            "required": ["op", "count", "names"],
+            "properties": {
+                "op": {"type": "string"},
+                "count": {"type": "integer"},
+                "names": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "Prediction": {
+            "type": "object",
+            "required": [
+                "soc",
+                "runtime",
+                "total_ms",
+                "interval_ms",
+                "kernel_sum_ms",
+                "unsupported",
+                "model_version",
+                "provenance",
+                "notes",
+            ],
+            "properties": {
+                "soc": {"type": "string"},
+                "runtime": {"type": "string"},
+                "total_ms": {"type": "number", "description": "Predicted end-to-end latency."},
+                "interval_ms": {
+                    "type": "array",
+                    "items": {"type": "number"},
+                    "minItems": 2,
+                    "maxItems": 2,
+                    "description": "Prediction interval [low, high] in ms.",
+                },
+                "kernel_sum_ms": {"type": "number"},
+                "layers": {
+                    "type": "array",
+                    "items": _ref("LayerTime"),
+                    "description": "Per-kernel times; omitted when layers=false.",
+                },
+                "unsupported": {"type": "array", "items": _ref("Unsupported")},
+                "model_version": {"type": "string"},
+                "provenance": {"type": "string", "enum": ["measured", "transfer", "calibrated"]},
+                "notes": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "BatchResult": {"oneOf": [_ref("Prediction"), _ref("Error")]},
+        "BatchResponse": {
+            "type": "object",
+            "required": ["soc", "runtime", "results"],
+            "properties": {
+                "soc": {"type": "string"},
+                "runtime": {"type": "string"},
+                "results": {
+                    "type": "array",
+                    "items": _ref("BatchResult"),
+                    "description": "One entry per graph, in request order.",
+                },
+            },
+        },
+        "BatchRequest": {
+            "type": "object",
+            "required": ["soc", "graphs"],
+            "properties": {
+                "soc": {"type": "string"},
+                "runtime": {"type": "string"},
+                "layers": {"type": "boolean", "default": True},
+                "input_shape": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "integer"}},
+                },
+                "graphs": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "byte"},
+                    "description": "Base64-encoded ONNX models.",
+                },
+            },
+        },
+        "RuntimeModel": {
+            "type": "object",
+            "properties": {
+                "model_version": {"type": "string"},
+                "provenance": {"type": "string"},
+            },
+        },
+        "Soc": {
+            "type": "object",
+            "required": ["id", "name", "gpu", "runtimes"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "gpu": {"type": "string"},
+                "vendor": {"type": "string"},
+                "aliases": {"type": "array", "items": {"type": "string"}},
+                "measured_runtimes": {"type": "array", "items": {"type": "string"}},
+                "runtimes": {
+                    "type": "object",
+                    "additionalProperties": _ref("RuntimeModel"),
+                    "description": "Runtimes with a loadable model, keyed by runtime id.",
+                },
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ok"]},
+                "version": {"type": "string"},
+                "estimators_loaded": {"type": "integer"},
+                "limits": {
+                    "type": "object",
+                    "properties": {
+                        "max_upload_mb": {"type": "number"},
+                        "max_batch": {"type": "integer"},
+                        "max_layers": {"type": "integer", "nullable": True},
+                    },
+                },
+            },
+        },
+    }
+
+
+def build_spec(
+    version: str = "0.1.0", max_upload_mb: float = 64, max_batch: int = 256
+) -> dict[str, Any]:
+    """The OpenAPI 3.0 document; limits are filled in from the running server's config."""
+    onnx_body = {
+        "type": "string",
+        "format": "binary",
+        "description": f"An ONNX model (graph-only is enough), at most {max_upload_mb} MB.",
+    }
+    common_errors = {
+        "404": _error("Unknown SoC or runtime, or no model for them (lists the known ones)."),
+        "413": _error(f"Body over {max_upload_mb} MB (LETI_MAX_UPLOAD_MB)."),
+        "415": _error("Unsupported Content-Type."),
+        "500": _error("Unexpected server error (logged; no traceback is returned)."),
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "leti",
+            "version": version,
+            "description": "Latency estimator for neural networks on mobile GPUs. Upload an "
+            "ONNX graph, get the predicted end-to-end and per-layer latency on a SoC.",
+        },
+        "paths": {
+            "/predict": {
+                "post": {
+                    "summary": "Predict the latency of one ONNX graph",
+                    "operationId": "predict",
+                    "parameters": [_SOC, _RUNTIME, _INPUT_SHAPE, _LAYERS],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/octet-stream": {"schema": onnx_body},
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["model"],
+                                    "properties": {
+                                        "model": onnx_body,
+                                        "soc": {"type": "string"},
+                                        "runtime": {"type": "string"},
+                                        "input_shape": {"type": "string"},
+                                        "layers": {"type": "boolean"},
+                                    },
+                                }
+                            },
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("Prediction"), "The prediction."),
+                        "400": _error("Malformed or truncated ONNX, or a bad parameter."),
+                        "422": _error(
+                            "Symbolic input dims without input_shape (names the input), or "
+                            "too many layers."
+                        ),
+                        **common_errors,
+                    },
+                }
+            },
+            "/predict/batch": {
+                "post": {
+                    "summary": "Predict many graphs in one request",
+                    "description": f"At most {max_batch} graphs (LETI_MAX_BATCH). A bad graph "
+                    "gets an Error object in its slot and does not fail the others.",
+                    "operationId": "predictBatch",
+                    "parameters": [_SOC, _RUNTIME, _INPUT_SHAPE, _LAYERS],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["model"],
+                                    "properties": {
+                                        "model": {
+                                            "type": "array",
+                                            "items": onnx_body,
+                                            "description": "Repeat the field once per graph.",
+                                        },
+                                        "soc": {"type": "string"},
+                                        "runtime": {"type": "string"},
+                                        "input_shape": {"type": "string"},
+                                        "layers": {"type": "boolean"},
+                                    },
+                                }
+                            },
+                            "application/json": {"schema": _ref("BatchRequest")},
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("BatchResponse"), "One result per graph, in order."),
+                        "400": _error("Bad JSON, empty batch or a bad parameter."),
+                        **common_errors,
+                        "413": _error(
+                            f"Body over {max_upload_mb} MB or more than {max_batch} graphs."
+                        ),
+                    },
+                }
+            },
+            "/socs": {
+                "get": {
+                    "summary": "Known SoCs and the runtimes with a trained model",
+                    "operationId": "listSocs",
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "socs": {"type": "array", "items": _ref("Soc")},
+                                    "runtimes": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                            "The SoC registry.",
+                        )
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness check",
+                    "operationId": "health",
+                    "responses": {"200": _json(_ref("Health"), "The server is up.")},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3.0 document.")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Request counts by endpoint and status, error "
+                            "counts, latency histogram (Prometheus text format 0.0.4).",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": {"schemas": _schemas()},
+    }

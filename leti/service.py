@@ -1,0 +1,725 @@
+"""The HTTP service: a Flask app factory, one blueprint, one place for error handlers.
+
+    app = create_app()                     # config from the environment
+    app = create_app({"MODELS_DIR": "m"})  # or explicit
+
+Endpoints (see `leti.openapi` and docs/api.md): POST /predict, POST /predict/batch, GET /socs,
+GET /healthz, GET /openapi.json, GET /metrics. Every error is JSON `{"error": kind, "detail": ...}`.
+
+State that outlives a request lives on the app, never at module level: the estimator cache (one
+`Estimator` per (soc, runtime), loaded once per process) and the metrics, each behind a lock.
+Estimators are immutable after load, so handler threads share them freely. A request's own data
+(body, parsed graph, options) stays in local variables of its handler.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from importlib import metadata
+from typing import IO, Any
+
+import onnx
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from leti import socs
+from leti.errors import (
+    GraphError,
+    LetiError,
+    SymbolicShapeError,
+    TooManyLayersError,
+    UnknownRuntimeError,
+    UnknownSocError,
+)
+from leti.store import models_dir as resolve_models_dir
+
+log = logging.getLogger("leti.service")
+
+EXTENSION = "leti"
+DEFAULT_MAX_UPLOAD_MB = 64
+DEFAULT_MAX_BATCH = 256
+MAX_DIM = 1 << 20  # a single input dim above this is a typo, not a model
+_READ_CHUNK = 1 << 16
+
+# Content types accepted as "raw ONNX bytes".
+RAW_TYPES = ("application/octet-stream", "application/onnx", "application/x-onnx")
+MULTIPART = "multipart/form-data"
+JSON_TYPE = "application/json"
+
+# Names for HTTP errors that werkzeug raises (routing, body size, ...).
+_HTTP_KINDS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ServiceError(LetiError):
+    """A request problem found by the service itself (not by the estimator)."""
+
+    def __init__(self, status: int, kind: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.extra = extra
+
+
+def version() -> str:
+    try:
+        return metadata.version("leti")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0+unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def _env_int(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(float(raw))
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _default_loader(soc: str, runtime: str, models_dir: Any) -> Any:
+    from leti.estimator import Estimator
+
+    return Estimator.load(soc, runtime, models_dir=models_dir)
+
+
+def _default_available(models_dir: Any) -> list[dict]:
+    from leti.estimator import available
+
+    return available(models_dir)
+
+
+def _default_load_model(data: bytes, max_bytes: int | None) -> onnx.ModelProto:
+    from leti.graph import load_model
+
+    return load_model(data, max_bytes=max_bytes)
+
+
+def _default_max_layers() -> int:
+    from leti.graph import DEFAULT_MAX_LAYERS
+
+    return DEFAULT_MAX_LAYERS
+
+
+def load_config(config: dict | None = None) -> dict[str, Any]:
+    """Defaults, overridden by LETI_* environment variables, overridden by `config`."""
+    cfg: dict[str, Any] = {
+        "MODELS_DIR": os.environ.get("LETI_MODELS_DIR") or None,
+        "MAX_UPLOAD_MB": _env_int("LETI_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB),
+        "MAX_LAYERS": _env_int("LETI_MAX_LAYERS", _default_max_layers()),
+        "MAX_BATCH": _env_int("LETI_MAX_BATCH", DEFAULT_MAX_BATCH),
+        # Seams for tests: how an estimator is loaded, what `available()` says, how bytes
+        # become a ModelProto. Defaults are the real leti.estimator / leti.graph.
+        "ESTIMATOR_LOADER": _default_loader,
+        "AVAILABLE": _default_available,
+        "LOAD_MODEL": _default_load_model,
+    }
+    cfg.update(config or {})
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# metrics (Prometheus text format, no dependency)
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _labels(**kv: str) -> str:
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    return "{" + ",".join(f'{k}="{esc(str(v))}"' for k, v in kv.items()) + "}"
+
+
+class Metrics:
+    """Counters and a latency histogram; label values come from a bounded set (route rules,
+    status codes, error kinds), never from raw request paths."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.graphs: dict[str, int] = {}
+        self.hist: dict[str, list[float]] = {}  # endpoint -> bucket counts + [sum, count]
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float, error: str | None):
+        with self._lock:
+            key = (endpoint, method, status)
+            self.requests[key] = self.requests.get(key, 0) + 1
+            if error:
+                ekey = (endpoint, error)
+                self.errors[ekey] = self.errors.get(ekey, 0) + 1
+            h = self.hist.setdefault(endpoint, [0.0] * (len(_BUCKETS) + 2))
+            for i, edge in enumerate(_BUCKETS):
+                if seconds <= edge:
+                    h[i] += 1
+            h[-2] += seconds
+            h[-1] += 1
+
+    def count_graphs(self, outcome: str, n: int = 1) -> None:
+        with self._lock:
+            self.graphs[outcome] = self.graphs.get(outcome, 0) + n
+
+    def render(self, estimators_loaded: int) -> str:
+        with self._lock:
+            requests = sorted(self.requests.items())
+            errors = sorted(self.errors.items())
+            graphs = sorted(self.graphs.items())
+            hist = {k: list(v) for k, v in sorted(self.hist.items())}
+        out = [
+            "# HELP leti_http_requests_total HTTP requests by endpoint, method and status.",
+            "# TYPE leti_http_requests_total counter",
+        ]
+        for (ep, method, status), n in requests:
+            out.append(
+                f"leti_http_requests_total{_labels(endpoint=ep, method=method, status=status)} {n}"
+            )
+        out += [
+            "# HELP leti_http_errors_total Error responses by endpoint and error kind.",
+            "# TYPE leti_http_errors_total counter",
+        ]
+        for (ep, kind), n in errors:
+            out.append(f"leti_http_errors_total{_labels(endpoint=ep, error=kind)} {n}")
+        out += [
+            "# HELP leti_graphs_total Graphs received, by outcome (predicted or an error kind).",
+            "# TYPE leti_graphs_total counter",
+        ]
+        for outcome, n in graphs:
+            out.append(f"leti_graphs_total{_labels(outcome=outcome)} {n}")
+        out += [
+            "# HELP leti_http_request_duration_seconds Time spent handling a request.",
+            "# TYPE leti_http_request_duration_seconds histogram",
+        ]
+        for ep, h in hist.items():
+            for i, edge in enumerate(_BUCKETS):
+                out.append(
+                    "leti_http_request_duration_seconds_bucket"
+                    f"{_labels(endpoint=ep, le=repr(edge))} {int(h[i])}"
+                )
+            out.append(
+                "leti_http_request_duration_seconds_bucket"
+                f"{_labels(endpoint=ep, le='+Inf')} {int(h[-1])}"
+            )
+            out.append(f"leti_http_request_duration_seconds_sum{_labels(endpoint=ep)} {h[-2]:.6f}")
+            out.append(
+                f"leti_http_request_duration_seconds_count{_labels(endpoint=ep)} {int(h[-1])}"
+            )
+        out += [
+            "# HELP leti_estimators_loaded Estimators held in memory by this process.",
+            "# TYPE leti_estimators_loaded gauge",
+            f"leti_estimators_loaded {estimators_loaded}",
+        ]
+        return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# per-app state
+
+
+class ServiceState:
+    """What the app keeps between requests: config, the estimator cache and metrics."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+        self.models_dir = resolve_models_dir(cfg["MODELS_DIR"])
+        self.max_bytes = int(cfg["MAX_UPLOAD_MB"] * 1024 * 1024)
+        self.max_layers: int | None = cfg["MAX_LAYERS"]  # None: leti.graph's own limit only
+        self.max_batch = int(cfg["MAX_BATCH"])
+        self._loader: Callable[..., Any] = cfg["ESTIMATOR_LOADER"]
+        self._available: Callable[[Any], list[dict]] = cfg["AVAILABLE"]
+        self._load_model: Callable[[bytes, int | None], onnx.ModelProto] = cfg["LOAD_MODEL"]
+        self._estimators: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self.metrics = Metrics()
+
+    # estimators -----------------------------------------------------------------------------
+    def estimator(self, soc_name: str | None, runtime_name: str | None) -> Any:
+        """The estimator for (soc, runtime), loaded on first use and then shared.
+
+        Unknown names fail before any loading (404 listing the known ones)."""
+        if not soc_name:
+            known = ", ".join(sorted(socs.all_socs()))
+            raise ServiceError(
+                400, "missing_parameter", f"'soc' is required; known SoCs: {known}", param="soc"
+            )
+        soc = socs.resolve(soc_name)
+        runtime = socs.resolve_runtime(runtime_name)
+        key = (soc.id, runtime)
+        est = self._estimators.get(key)
+        if est is None:
+            with self._lock:
+                est = self._estimators.get(key)
+                if est is None:
+                    log.info("loading estimator soc=%s runtime=%s", soc.id, runtime)
+                    est = self._loader(soc.id, runtime, self.models_dir)
+                    self._estimators[key] = est
+        return est
+
+    def preload(self, spec: str) -> Any:
+        """`soc` or `soc:runtime` -> load that estimator now (used by `leti serve --preload`)."""
+        soc_name, _, runtime = spec.partition(":")
+        return self.estimator(soc_name.strip(), runtime.strip() or None)
+
+    @property
+    def estimators_loaded(self) -> int:
+        with self._lock:
+            return len(self._estimators)
+
+    def available(self) -> list[dict]:
+        return list(self._available(self.models_dir))
+
+    # graphs -----------------------------------------------------------------------------------
+    def parse_graph(self, data: bytes) -> onnx.ModelProto:
+        """Bytes -> ModelProto (never loads external data), then the layer-count guard."""
+        if not data:
+            raise GraphError("empty body: expected ONNX model bytes")
+        model = self._load_model(data, self.max_bytes)
+        if self.max_layers is not None:
+            n = _count_nodes(model.graph)
+            if n > self.max_layers:
+                raise TooManyLayersError(
+                    f"graph has {n} nodes; this server accepts at most {self.max_layers} "
+                    "(LETI_MAX_LAYERS)"
+                )
+        return model
+
+
+def _count_nodes(graph: onnx.GraphProto, depth: int = 0) -> int:
+    n = len(graph.node)
+    if depth < 8:  # subgraphs (If/Loop/Scan bodies) count too
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    n += _count_nodes(attr.g, depth + 1)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    n += sum(_count_nodes(sg, depth + 1) for sg in attr.graphs)
+    return n
+
+
+def state() -> ServiceState:
+    return current_app.extensions[EXTENSION]
+
+
+# --------------------------------------------------------------------------------------------
+# request parsing helpers
+
+
+def _mimetype() -> str:
+    return (request.mimetype or "").lower()
+
+
+def _param(name: str, body: dict | None = None) -> Any:
+    """A parameter from the JSON body, the multipart form, or the query string, in that order."""
+    if body is not None and body.get(name) is not None:
+        return body[name]
+    if _mimetype() == MULTIPART and name in request.form:
+        return request.form[name]
+    return request.args.get(name)
+
+
+def _read_capped(stream: IO[bytes], limit: int) -> bytes:
+    """Read a body or an uploaded file, refusing (413) the moment it passes `limit` bytes.
+
+    Content-Length is checked before any read; this guards bodies without one (chunked)."""
+    buf = bytearray()
+    while True:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > limit:
+            raise ServiceError(
+                413,
+                "payload_too_large",
+                f"body exceeds the {limit / (1 << 20):g} MB limit (LETI_MAX_UPLOAD_MB)",
+            )
+
+
+def _parse_bool(value: Any, name: str, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ServiceError(400, "invalid_parameter", f"'{name}' must be true or false, got {value!r}")
+
+
+def _parse_input_shape(value: Any) -> dict[str, list[int]] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ServiceError(
+                400,
+                "invalid_input_shape",
+                'input_shape must be JSON like {"input": [1, 3, 224, 224]}: ' + str(exc),
+            ) from None
+    if not isinstance(value, dict) or not value:
+        raise ServiceError(
+            400,
+            "invalid_input_shape",
+            'input_shape must be an object like {"input": [1,3,224,224]}',
+        )
+    shapes: dict[str, list[int]] = {}
+    for name, dims in value.items():
+        ok = (
+            isinstance(dims, list)
+            and 0 < len(dims) <= 16
+            and all(type(d) is int and 0 < d <= MAX_DIM for d in dims)
+        )
+        if not ok:
+            raise ServiceError(
+                400,
+                "invalid_input_shape",
+                f"input_shape[{name!r}] must be a list of 1-16 positive integers <= {MAX_DIM}",
+            )
+        shapes[str(name)] = list(dims)
+    return shapes
+
+
+def _require_type(allowed: Iterable[str]) -> str:
+    mt = _mimetype()
+    allowed = tuple(allowed)
+    if mt not in allowed:
+        raise ServiceError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {mt or '(none)'!r} is not accepted here; use one of: "
+            + ", ".join(allowed),
+        )
+    return mt
+
+
+def _error_doc(exc: LetiError) -> dict[str, Any]:
+    doc: dict[str, Any] = {"error": exc.kind, "detail": exc.message}
+    if isinstance(exc, UnknownSocError):
+        doc["known"] = sorted(socs.all_socs())
+    elif isinstance(exc, UnknownRuntimeError):
+        doc["known"] = sorted(socs.runtimes())
+    elif isinstance(exc, SymbolicShapeError):
+        doc["input"] = exc.input_name
+    if isinstance(exc, ServiceError):
+        doc.update(exc.extra)
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
+# the blueprint
+
+bp = Blueprint("leti", __name__)
+
+
+@bp.post("/predict")
+def predict() -> Response:
+    st = state()
+    mt = _require_type((*RAW_TYPES, MULTIPART))
+    if mt == MULTIPART:
+        upload = request.files.get("model")
+        if upload is None:
+            raise ServiceError(
+                400, "missing_parameter", "multipart body needs a file field 'model'", param="model"
+            )
+        data = _read_capped(upload.stream, st.max_bytes)
+    else:
+        data = _read_capped(request.stream, st.max_bytes)
+    layers = _parse_bool(_param("layers"), "layers", True)
+    input_shape = _parse_input_shape(_param("input_shape"))
+    est = st.estimator(_param("soc"), _param("runtime"))
+    try:
+        model = st.parse_graph(data)
+        pred = est.predict(model, input_shape)
+    except LetiError as exc:
+        st.metrics.count_graphs(exc.kind)
+        raise
+    st.metrics.count_graphs("predicted")
+    return jsonify(pred.to_dict(layers=layers))
+
+
+def _batch_inputs(st: ServiceState) -> tuple[list[bytes | LetiError], dict | None]:
+    """The graphs of a batch request, in order; a slot that cannot even be decoded holds its
+    error instead of bytes."""
+    mt = _require_type((MULTIPART, JSON_TYPE))
+    if mt == MULTIPART:
+        files = request.files.getlist("model")
+        if len(files) > st.max_batch:
+            raise _batch_too_large(len(files), st.max_batch)
+        return [_read_capped(f.stream, st.max_bytes) for f in files], None
+    raw = _read_capped(request.stream, st.max_bytes)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ServiceError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("graphs"), list):
+        raise ServiceError(
+            400,
+            "invalid_json",
+            'body must be an object like {"soc": "...", "graphs": ["<base64 ONNX>", ...]}',
+        )
+    graphs = body["graphs"]
+    if len(graphs) > st.max_batch:
+        raise _batch_too_large(len(graphs), st.max_batch)
+    out: list[bytes | LetiError] = []
+    for i, item in enumerate(graphs):
+        if not isinstance(item, str):
+            out.append(GraphError(f"graphs[{i}] must be a base64 string"))
+            continue
+        try:
+            out.append(base64.b64decode(item, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            out.append(GraphError(f"graphs[{i}] is not valid base64: {exc}"))
+    return out, body
+
+
+def _batch_too_large(n: int, limit: int) -> ServiceError:
+    return ServiceError(
+        413,
+        "batch_too_large",
+        f"{n} graphs in one batch; this server accepts at most {limit} (LETI_MAX_BATCH)",
+    )
+
+
+@bp.post("/predict/batch")
+def predict_batch() -> Response:
+    st = state()
+    items, body = _batch_inputs(st)
+    if not items:
+        raise ServiceError(400, "empty_batch", "the batch holds no graphs")
+    layers = _parse_bool(_param("layers", body), "layers", True)
+    input_shape = _parse_input_shape(_param("input_shape", body))
+    est = st.estimator(_param("soc", body), _param("runtime", body))
+
+    slots: list[Any] = []
+    todo: list[tuple[int, onnx.ModelProto]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, LetiError):
+            slots.append(item)
+            continue
+        try:
+            slots.append(None)
+            todo.append((i, st.parse_graph(item)))
+        except LetiError as exc:
+            slots[i] = exc
+    if todo:
+        models = [m for _, m in todo]
+        try:
+            results = list(est.predict_many(models, input_shape))
+            if len(results) != len(models):
+                raise RuntimeError(f"predict_many returned {len(results)} for {len(models)}")
+        except Exception:
+            # Something unexpected in the batch path: isolate it graph by graph so that one
+            # bad graph cannot fail the others.
+            log.exception("predict_many failed; retrying graph by graph")
+            results = [_predict_one(est, m, input_shape) for m in models]
+        for (i, _), res in zip(todo, results, strict=True):
+            slots[i] = res
+
+    out = []
+    for res in slots:
+        if isinstance(res, LetiError):
+            st.metrics.count_graphs(res.kind)
+            out.append(_error_doc(res))
+        elif isinstance(res, BaseException):
+            st.metrics.count_graphs("internal_error")
+            out.append({"error": "internal_error", "detail": "internal server error"})
+        else:
+            st.metrics.count_graphs("predicted")
+            out.append(res.to_dict(layers=layers))
+    return jsonify({"soc": est.soc, "runtime": est.runtime, "results": out})
+
+
+def _predict_one(est: Any, model: onnx.ModelProto, input_shape: dict | None) -> Any:
+    try:
+        return est.predict(model, input_shape)
+    except LetiError as exc:
+        return exc
+    except Exception as exc:
+        log.exception("predict failed inside a batch")
+        return exc
+
+
+@bp.get("/socs")
+def list_socs() -> Response:
+    st = state()
+    try:
+        avail = st.available()
+    except Exception:
+        log.exception("listing available models failed")
+        avail = []
+    by_soc: dict[str, dict[str, dict]] = {}
+    for entry in avail:
+        by_soc.setdefault(entry.get("soc", ""), {})[entry.get("runtime", "")] = {
+            "model_version": entry.get("model_version"),
+            "provenance": entry.get("provenance"),
+        }
+    out = []
+    for sid, soc in sorted(socs.all_socs().items()):
+        out.append(
+            {
+                "id": sid,
+                "name": soc.name,
+                "gpu": soc.gpu,
+                "vendor": soc.vendor,
+                "aliases": list(soc.aliases),
+                "measured_runtimes": list(soc.measured_runtimes),
+                "runtimes": by_soc.get(sid, {}),
+            }
+        )
+    return jsonify({"socs": out, "runtimes": sorted(socs.runtimes())})
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    st = state()
+    return jsonify(
+        {
+            "status": "ok",
+            "version": version(),
+            "estimators_loaded": st.estimators_loaded,
+            "limits": {
+                "max_upload_mb": st.cfg["MAX_UPLOAD_MB"],
+                "max_batch": st.max_batch,
+                "max_layers": st.max_layers,
+            },
+        }
+    )
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    from leti.openapi import build_spec
+
+    st = state()
+    return jsonify(
+        build_spec(version=version(), max_upload_mb=st.cfg["MAX_UPLOAD_MB"], max_batch=st.max_batch)
+    )
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    st = state()
+    return Response(
+        st.metrics.render(st.estimators_loaded),
+        mimetype="text/plain",
+        content_type="text/plain; version=0.0.4; charset=utf-8",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the one place for errors, timing and metrics
+
+
+def _json_error(status: int, doc: dict[str, Any], headers: dict | None = None) -> Response:
+    g.leti_error = doc.get("error")
+    resp = jsonify(doc)
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+def _register_handlers(app: Flask) -> None:
+    @app.errorhandler(LetiError)
+    def _leti_error(exc: LetiError) -> Response:
+        return _json_error(exc.status, _error_doc(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        headers = {}
+        if code == 405 and getattr(exc, "valid_methods", None):
+            headers["Allow"] = ", ".join(exc.valid_methods)
+        detail = exc.description or ""
+        if code == 404:
+            detail = f"no endpoint {request.method} {request.path}"
+        elif code == 405:
+            detail = f"{request.method} is not allowed on {request.path}"
+        elif code == 413:
+            limit = state().cfg["MAX_UPLOAD_MB"]
+            detail = f"body exceeds the {limit:g} MB limit (LETI_MAX_UPLOAD_MB)"
+        kind = _HTTP_KINDS.get(code, f"http_{code}")
+        return _json_error(code, {"error": kind, "detail": detail}, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _json_error(500, {"error": "internal_error", "detail": "internal server error"})
+
+    @app.before_request
+    def _start() -> None:
+        g.leti_start = time.perf_counter()
+        st = state()
+        cl = request.content_length
+        # Refuse an oversized body from its Content-Length, before a byte of it is read.
+        # (multipart framing gets a little headroom on top of the graph limit.)
+        if cl is not None and cl > st.max_bytes + _MULTIPART_SLACK:
+            raise ServiceError(
+                413,
+                "payload_too_large",
+                f"body of {cl} bytes exceeds the {st.cfg['MAX_UPLOAD_MB']:g} MB limit "
+                "(LETI_MAX_UPLOAD_MB)",
+            )
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        started = g.get("leti_start")
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        method = request.method if request.method in _METHODS else "OTHER"
+        error = g.get("leti_error")
+        if error is None and resp.status_code >= 400:
+            error = _HTTP_KINDS.get(resp.status_code, f"http_{resp.status_code}")
+        state().metrics.observe(rule, method, resp.status_code, elapsed, error)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return resp
+
+
+_METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+_MULTIPART_SLACK = 1 << 20
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the app. `config` keys: MODELS_DIR, MAX_UPLOAD_MB, MAX_LAYERS, MAX_BATCH (else from
+    LETI_MODELS_DIR, LETI_MAX_UPLOAD_MB (64), LETI_MAX_LAYERS, LETI_MAX_BATCH (256)), plus any
+    Flask setting, and test seams ESTIMATOR_LOADER / AVAILABLE / LOAD_MODEL."""
+    cfg = load_config(config)
+    app = Flask("leti")
+    st = ServiceState(cfg)
+    app.config.update({k: v for k, v in cfg.items() if k.isupper()})
+    # Flask/werkzeug enforce these too: a Content-Length over the limit is refused before the
+    # body is read, and a body without one is cut off at the limit.
+    app.config["MAX_CONTENT_LENGTH"] = st.max_bytes + _MULTIPART_SLACK
+    app.config["MAX_FORM_PARTS"] = st.max_batch + 64
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = st
+    app.register_blueprint(bp)
+    _register_handlers(app)
+    return app
