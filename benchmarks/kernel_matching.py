@@ -44,8 +44,14 @@ def match_model(rows, plan) -> tuple[int, int, list[tuple], int, int]:
     matched, padded, missing = 0, 0, []
     for r in rows.itertuples():
         h = 1 if r.kind == "fc" else int(r.h_in)
-        key = (r.kind, h, int(r.c_in), int(r.c_out), int(r.kernel if r.kind != "fc" else 1),
-               int(r.stride if r.kind != "fc" else 1))
+        key = (
+            r.kind,
+            h,
+            int(r.c_in),
+            int(r.c_out),
+            int(r.kernel if r.kind != "fc" else 1),
+            int(r.stride if r.kind != "fc" else 1),
+        )
         hit = next((i for i, ks in enumerate(by_kernel) if key in ks and used[i] == 0), None)
         if hit is None:
             missing.append(key)
@@ -91,7 +97,11 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {m} | {a} | {b} | {c} |" for m, a, b, c in per_model if a < b or b != c]
-    lines += ["", f"Models not listed above match fully ({sum(a == b == c for _, a, b, c in per_model)}).", ""]
+    lines += [
+        "",
+        f"Models not listed above match fully ({sum(a == b == c for _, a, b, c in per_model)}).",
+        "",
+    ]
     if misses:
         lines += ["Unmatched measured ops (model, key):", ""]
         lines += [f"- {m}: {k} x{n}" for (m, k), n in misses.most_common(40)]

@@ -21,7 +21,11 @@ from leti import measurements
 from leti.fit import N_SPLITS, TrainingSet, fit_pipeline, group_folds, load_training_set
 from leti.fit import predict_totals as _predict_totals
 
-METHODS = {"leti": "leti (kernels + corrector)", "kernel_sum": "kernel sum", "flops": "FLOPs regression"}
+METHODS = {
+    "leti": "leti (kernels + corrector)",
+    "kernel_sum": "kernel sum",
+    "flops": "FLOPs regression",
+}
 
 
 def metrics(pred: np.ndarray, measured: np.ndarray) -> dict[str, float]:
@@ -153,7 +157,11 @@ def report_markdown(results: Sequence[SocEvaluation], elapsed_s: float) -> str:
             [r.predictions.assign(soc=r.soc) for r in group], ignore_index=True
         ).assign(err=lambda d: d["leti"] / d["measured"] - 1)
         worst = worst.reindex(worst["err"].abs().sort_values(ascending=False).index).head(8)
-        lines += ["Largest held-out errors:", "", "| SoC | model | measured ms | predicted ms | error |"]
+        lines += [
+            "Largest held-out errors:",
+            "",
+            "| SoC | model | measured ms | predicted ms | error |",
+        ]
         lines.append("|---|---|---|---|---|")
         for w in worst.itertuples():
             lines.append(
@@ -178,7 +186,10 @@ def plot_png(results: Sequence[SocEvaluation], path: Path) -> bool:
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
     for ax, r in zip(axes.flat, results, strict=False):
         p = r.predictions
-        lo, hi = p[["measured", "leti"]].min().min() * 0.8, p[["measured", "leti"]].max().max() * 1.2
+        lo, hi = (
+            p[["measured", "leti"]].min().min() * 0.8,
+            p[["measured", "leti"]].max().max() * 1.2,
+        )
         ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
         ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9")
         ax.scatter(p["measured"], p["flops"], s=8, c="tab:gray", label="FLOPs baseline")

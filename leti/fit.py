@@ -59,9 +59,7 @@ def load_plan(graph_path: str, runtime: str) -> KernelPlan:
     return _PLAN_CACHE[key]
 
 
-def load_training_set(
-    soc: str, runtime: str, measurements_root: Path | None = None
-) -> TrainingSet:
+def load_training_set(soc: str, runtime: str, measurements_root: Path | None = None) -> TrainingSet:
     rows = measurements.load_kernels(measurements_root, soc=soc, runtime=runtime)
     e2e = measurements.load_e2e(measurements_root, soc=soc, runtime=runtime)
     if rows.empty:
@@ -127,7 +125,10 @@ def corrector_data(
 ) -> tuple[np.ndarray, np.ndarray]:
     x = np.array([graph_features(ts.plans[m], kernel_ms[m]) for m in models])
     y = np.array(
-        [np.log(ts.e2e.loc[m, "latency_ms"]) - np.log(max(kernel_ms[m].sum(), 1e-6)) for m in models]
+        [
+            np.log(ts.e2e.loc[m, "latency_ms"]) - np.log(max(kernel_ms[m].sum(), 1e-6))
+            for m in models
+        ]
     )
     return x, y
 

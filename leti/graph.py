@@ -1,12 +1,13 @@
 """ONNX front end: model bytes or a path in, a shape-inferred `Graph` of `Layer`s out.
 
-Two rules shape this module. First, a model is untrusted input: it is read with
-`load_external_data=False`, and nothing a model names (an external-data `location`, say)
-is ever opened; shape inference runs on an in-memory copy whose initializers carry no data
-and no external-data entries. Bad input only ever raises a `LetiError` subclass. Second,
-a NAS loop parses thousands of graphs, so the work per node is a few dict look-ups: ONNX's
-own (C++) shape inference does the heavy lifting, on a copy without the weights, and a
-small built-in propagation fills in what it leaves unknown (old opsets, odd exporters).
+Two rules shape this module. First, a model is untrusted input: it is parsed from bytes
+(`onnx.load_model_from_string`, which never loads external data), and nothing a model
+names (an external-data `location`, say) is ever opened; shape inference runs on an
+in-memory copy whose initializers carry no bulk data and no external-data entries. Bad
+input only ever raises a `LetiError` subclass. Second, a NAS loop parses thousands of
+graphs, so the work per node is a few dict look-ups: ONNX's own (C++) shape inference does
+the heavy lifting, on a copy without the weights, and a small built-in propagation fills
+in what it leaves unknown (old opsets, odd exporters).
 """
 
 from __future__ import annotations
@@ -135,13 +136,14 @@ def load_model(source: Source, max_bytes: int | None = None) -> onnx.ModelProto:
     return _load(source, _max_bytes(max_bytes))[0]
 
 
-def _load(source: Source, limit: int) -> tuple[onnx.ModelProto, bytes | None, str | None]:
-    """(model, the serialized bytes when we read them, a name hint from the file name)."""
+def _load(source: Source, limit: int) -> tuple[onnx.ModelProto, bytes, str | None]:
+    """(model, its serialized bytes, a name hint from the file name)."""
     if isinstance(source, onnx.ModelProto):
-        size = source.ByteSize()
-        if size > limit:
-            raise _too_large(size, limit)
-        return source, None, None
+        # upb's ByteSize() encodes the message anyway: serialize once, for the size and the hash
+        data = source.SerializeToString()
+        if len(data) > limit:
+            raise _too_large(len(data), limit)
+        return source, data, None
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         if len(data) > limit:
@@ -204,6 +206,8 @@ def _keeps_values(t: TensorProto) -> bool:
     if t.data_location == TensorProto.EXTERNAL:
         return False
     n = _numel(t.dims)
+    if len(t.raw_data) > 8 * max(n, 1):  # dims that lie about the payload
+        return False
     if t.data_type in _INT_TYPES:
         return n <= _KEEP_INT_ELEMENTS
     if t.data_type in _FLOAT_TYPES:
@@ -223,6 +227,17 @@ def _strip_tensor_into(src: TensorProto, dst: TensorProto) -> None:
     dst.dims.extend(src.dims)
 
 
+def _strip_initializers_into(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
+    """Stripped copies of all initializers; a sparse one becomes a dense stub of its shape."""
+    for t in src.initializer:
+        _strip_tensor_into(t, dst.initializer.add())
+    for sp in src.sparse_initializer:
+        stub = dst.initializer.add()
+        stub.name = sp.values.name
+        stub.data_type = sp.values.data_type
+        stub.dims.extend(sp.dims)
+
+
 def _strip_constant_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
     """Drop the payload of big `Constant` tensors (some exporters store weights that way)."""
     for node in nodes:
@@ -240,10 +255,10 @@ def _is_repeated(fd: Any) -> bool:
     return bool(flag) if flag is not None else fd.label == 3
 
 
-def _copy_fields(src: Any, dst: Any, skip: str) -> None:
-    """Copy every set field of a message except `skip` (so the weights are never duplicated)."""
+def _copy_fields(src: Any, dst: Any, skip: frozenset[str]) -> None:
+    """Copy every set field of a message except those in `skip` (the weights, say)."""
     for fd, value in src.ListFields():
-        if fd.name == skip:
+        if fd.name in skip:
             continue
         if _is_repeated(fd):
             getattr(dst, fd.name).extend(value)
@@ -257,16 +272,16 @@ def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A graph-only copy for uploads: every initializer keeps name, dims and data type.
 
     Weight values are dropped and no external-data entries survive, so the copy is small and
-    names no file. Small integer tensors (<= 64 values: Reshape targets, axes, pads) and tiny
-    float ones (<= 8 values: Resize scales, Clip bounds) keep their values, because the server
-    needs them to infer shapes. Large `Constant` node tensors are stripped the same way.
+    names no file; sparse initializers become dense stubs of their shape. Small integer
+    tensors (<= 64 values: Reshape targets, axes, pads) and tiny float ones (<= 8 values:
+    Resize scales, Clip bounds) keep their values, because the server needs them to infer
+    shapes. Large `Constant` node tensors are stripped the same way.
     """
     out = onnx.ModelProto()
-    _copy_fields(model, out, skip="graph")
+    _copy_fields(model, out, skip=frozenset({"graph"}))
     if model.HasField("graph"):
-        _copy_fields(model.graph, out.graph, skip="initializer")
-        for t in model.graph.initializer:
-            _strip_tensor_into(t, out.graph.initializer.add())
+        _copy_fields(model.graph, out.graph, skip=frozenset({"initializer", "sparse_initializer"}))
+        _strip_initializers_into(model.graph, out.graph)
         _strip_constant_nodes(out.graph.node)
     return out
 
@@ -371,9 +386,7 @@ def _inference_model(
     g.name = src.name
     g.node.extend(src.node)
     _strip_constant_nodes(g.node)
-    for t in src.initializer:
-        _strip_tensor_into(t, g.initializer.add())
-    g.sparse_initializer.extend(src.sparse_initializer)
+    _strip_initializers_into(src, g)
     g.input.extend(src.input)
     for new in g.input:
         dims = concrete.get(new.name)
@@ -997,9 +1010,8 @@ def _layer(
             group = int(attrs.get("group", 1))
         attrs = {k: v for k, v in attrs.items() if k not in _SPATIAL_KEYS}
     elif op in _GLOBAL_POOLS and x is not None and len(x) > 2:
-        kernel = tuple(x[2:])
-        r = len(kernel)
-        strides, pads, dilations = (1,) * r, (0,) * (2 * r), (1,) * r
+        r = len(x) - 2
+        kernel, strides, pads, dilations = _as_2d((x[2:], (1,) * r, (0,) * (2 * r), (1,) * r))
     params = 0
     moved = 0
     for i, s in zip(node.inputs, ins, strict=True):
@@ -1066,7 +1078,7 @@ def parse_graph(
 
 def _parse(
     model: onnx.ModelProto,
-    data: bytes | None,
+    data: bytes,
     stem: str | None,
     input_shapes: Mapping[str, Sequence[int]],
     max_layers: int,
@@ -1103,10 +1115,14 @@ def _parse(
     consts = _Consts()
     const_names = set(init_names)
     for t in g.initializer:
-        shapes[t.name] = tuple(t.dims)
+        dims = _valid(tuple(t.dims))
+        if dims is not None:
+            shapes[t.name] = dims
         consts.tensors[t.name] = t
     for sp in g.sparse_initializer:
-        shapes[sp.values.name] = tuple(sp.dims)
+        dims = _valid(tuple(sp.dims))
+        if dims is not None:
+            shapes[sp.values.name] = dims
 
     layers: list[Layer] = []
     used: set[str] = set()
@@ -1127,8 +1143,6 @@ def _parse(
         used.add(layer_name)
         layers.append(_layer(node, layer_name, attrs, ins, outs, const_names))
 
-    if data is None:
-        data = model.SerializeToString(deterministic=True)
     return Graph(
         name=name or stem or (g.name if type(g.name) is str else "") or "graph",
         layers=tuple(layers),
@@ -1156,6 +1170,7 @@ def _track_constants(
             return
         out = node.outputs[0]
         shape, tensor = _constant_node_tensor(node.proto)
+        shape = _valid(shape)
         if shape is not None:
             shapes[out] = shape
         if tensor is not None:

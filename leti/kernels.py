@@ -171,7 +171,12 @@ def _canonical_ops(graph: Graph) -> list[_Op]:
                 covered, x, out = hsig
                 # x * hsigmoid(x) is a hard swish too
                 mul = sole_consumer(out)
-                if mul is not None and mul.op_type == "Mul" and x in mul.inputs and out in mul.inputs:
+                if (
+                    mul is not None
+                    and mul.op_type == "Mul"
+                    and x in mul.inputs
+                    and out in mul.inputs
+                ):
                     covered = [*covered, mul]
                     absorbed.update(c.name for c in covered)
                     ops.append(_Op("HardSwish", covered[0], covered, [x], mul.outputs[0]))
@@ -186,7 +191,9 @@ def _canonical_ops(graph: Graph) -> list[_Op]:
                 absorbed.update(c.name for c in covered)
                 ops.append(_Op("Swish", layer, covered, rin, mul.outputs[0]))
                 continue
-        ops.append(_Op(layer.op_type, layer, [layer], rin, layer.outputs[0] if layer.outputs else ""))
+        ops.append(
+            _Op(layer.op_type, layer, [layer], rin, layer.outputs[0] if layer.outputs else "")
+        )
     return ops
 
 
@@ -212,7 +219,11 @@ def _kind_for(op: _Op, base: str) -> str:
         if layer.op_type in ("GlobalAveragePool",):
             return "pool_global"
         _, h_out, w_out = _dims(layer.output_shapes[0] if layer.output_shapes else None)
-        return "pool_global" if (h_out, w_out) == (1, 1) else ("pool_avg" if base == "pool_avg" else "")
+        return (
+            "pool_global"
+            if (h_out, w_out) == (1, 1)
+            else ("pool_avg" if base == "pool_avg" else "")
+        )
     return base
 
 
@@ -227,8 +238,8 @@ def _make_kernel(b: _Building) -> Kernel:
         c_out = int(out_shape[-1]) if out_shape else 0
         h_in = w_in = h_out = w_out = 1
     n_inputs = len(b.op.inputs)
-    if b.kind == "concat":
-        c_in = sum(_dims(s)[0] for s in layer.input_shapes if s)
+    if b.kind == "concat":  # the public data reports the first input's channels
+        c_in = _dims(layer.input_shapes[0] if layer.input_shapes else None)[0]
     kernel = layer.kernel_shape[0] if layer.kernel_shape else 1
     if b.kind == "pool_global":
         kernel = h_in

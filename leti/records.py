@@ -94,7 +94,9 @@ class KernelPlan:
     graph: str
     runtime: str
     kernels: tuple[Kernel, ...]
-    overhead: tuple[Layer, ...]  # standalone ops without a per-kernel model: the corrector covers them
+    overhead: tuple[
+        Layer, ...
+    ]  # standalone ops without a per-kernel model: the corrector covers them
     free: tuple[Layer, ...]  # shape-only ops the runtime does not launch (Reshape, Flatten, ...)
     unsupported: tuple[Layer, ...]  # op types no rule knows: reported, never counted as 0 ms
 
@@ -144,7 +146,5 @@ class Prediction:
             "notes": list(self.notes),
         }
         if layers:
-            doc["layers"] = [
-                {**asdict(lt), "ms": round(lt.ms, 4)} for lt in self.layers
-            ]
+            doc["layers"] = [{**asdict(lt), "ms": round(lt.ms, 4)} for lt in self.layers]
         return doc

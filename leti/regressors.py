@@ -188,5 +188,3 @@ class GraphCorrector:
     @classmethod
     def load(cls, path: Path) -> GraphCorrector:
         return cls.from_json(json.loads(Path(path).read_text("utf-8")))
-
-

@@ -97,7 +97,9 @@ def resolve_runtime(name: str | None) -> str:
     key = name.strip().lower()
     if key not in runtimes():
         known = ", ".join(sorted(runtimes()))
-        raise UnknownRuntimeError(f"unknown runtime {name!r}; known runtimes: {known}", detail=known)
+        raise UnknownRuntimeError(
+            f"unknown runtime {name!r}; known runtimes: {known}", detail=known
+        )
     return key
 
 
