@@ -1,10 +1,519 @@
-"""Few-shot calibration from end-to-end timings (see issue 4)."""
+"""Few-shot calibration from end-to-end timings (issue 4).
+
+A user who can time a handful of whole models on a device, but cannot profile its layers,
+fits a small correction on top of the estimator we already have for that SoC:
+
+    log t = a + b * log t_base
+
+where t_base is the base estimator's end-to-end prediction. The base is the SoC's measured
+model for the runtime, else its transfer model; for runtimes without per-kernel data (e.g.
+ncnn-vulkan) it is the SoC's tflite-gpu estimator (measured or transfer) priced with the
+target runtime's fusion rules: the timings are all we know of that runtime, and the map
+absorbs the runtime's different speed.
+
+Fit: the offset `a` is free; the slope is ridge-regressed towards 1 (prior b = 1,
+`SLOPE_PRIOR` = lambda on (b - 1)), so with k = 3 timings the map is essentially a scale and
+it only tilts once the timings span enough range to say so. Interval: leave-one-out residuals
+of the fit, pooled with a prior residual scale (`PRIOR_WEIGHT` pseudo-observations of the
+error that calibration at this k left on held-out SoCs, from `leti evaluate --transfer`) and
+widened by Student's t with the matching degrees of freedom, so that k = 3 gives a wide
+interval rather than an over-confident one.
+
+Persistence: `<models_dir>/<soc>/<runtime>/calibration.json` (atomic) with k, the timings'
+hash, every accepted row with its fitted and leave-one-out residual, and every rejected row
+with its reason. Bad rows (missing file, non-numeric or non-positive latency, duplicate graph,
+unreadable graph) are reported, never silently dropped; fewer than 3 usable rows is an error.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leti import socs
+from leti.errors import LetiError, ModelNotFoundError
+from leti.store import atomic_write_json
+from leti.store import models_dir as resolve_models_dir
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "calibration.json"
+FORMAT = "leti-calibration/1"
+MIN_TIMINGS = 3
+#: Ridge penalty on (b - 1), in squared log units: equal to the information about the slope
+#: of ~4 timings spread one unit (e) apart. Chosen on the leave-one-SoC-out protocol.
+SLOPE_PRIOR = 4.0
+#: Pseudo-observations given to the prior residual scale when sizing the interval.
+PRIOR_WEIGHT = 3.0
+COVERAGE = 0.9
+#: Prior residual scale (log) when no evaluation-derived one is available.
+DEFAULT_PRIOR_SD = 0.15
+MAX_CSV_BYTES = 1 << 20
+
+
+class CalibrationError(LetiError):
+    kind = "invalid_calibration"
+
+
+# --------------------------------------------------------------------------------------------
+# Timings CSV
+
+
+@dataclass(frozen=True)
+class TimingRow:
+    line: int
+    graph: str  # as written in the CSV
+    path: Path  # resolved
+    latency_ms: float
+    sha256: str  # of the graph file
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    line: int
+    graph: str
+    reason: str  # missing_file | non_numeric_latency | non_positive_latency | duplicate | ...
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"line": self.line, "graph": self.graph, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass
+class Timings:
+    source: str
+    file_sha256: str
+    rows: list[TimingRow] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return len(self.rows)
+
+    def report(self) -> str:
+        lines = [f"{self.source}: {self.k} usable timing(s), {len(self.rejected)} rejected"]
+        lines += [
+            f"  rejected line {r.line} ({r.graph or '-'}): {r.reason}"
+            + (f" ({r.detail})" if r.detail else "")
+            for r in self.rejected
+        ]
+        return "\n".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _resolve_graph(text: str, base: Path) -> Path | None:
+    """Relative paths are read against the CSV's folder first, then the working directory."""
+    p = Path(text).expanduser()
+    candidates = [p] if p.is_absolute() else [base / p, p]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    return None
+
+
+def read_timings(csv_path: str | Path) -> Timings:
+    """Parse and validate `graph,latency_ms` rows; every unusable row is kept with its reason."""
+    path = Path(csv_path)
+    if not path.is_file():
+        raise CalibrationError(f"timings file not found: {path}")
+    raw = path.read_bytes()
+    if len(raw) > MAX_CSV_BYTES:
+        raise CalibrationError(f"{path}: over {MAX_CSV_BYTES} bytes; expected a few rows")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CalibrationError(f"{path}: not UTF-8 text") from exc
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    if "graph" not in header or "latency_ms" not in header:
+        raise CalibrationError(
+            f"{path}: expected the columns graph,latency_ms; found {','.join(header) or 'none'}"
+        )
+    reader.fieldnames = header
+    out = Timings(source=str(path), file_sha256=hashlib.sha256(raw).hexdigest())
+    seen_paths: dict[Path, int] = {}
+    seen_hashes: dict[str, int] = {}
+    for i, rec in enumerate(reader, start=2):  # line 1 is the header
+        graph = (rec.get("graph") or "").strip()
+        cell = (rec.get("latency_ms") or "").strip()
+
+        def reject(reason: str, detail: str = "", line: int = i, graph: str = graph) -> None:
+            out.rejected.append(RejectedRow(line, graph, reason, detail))
+
+        if not graph:
+            reject("missing_graph", "empty graph cell")
+            continue
+        try:
+            latency = float(cell)
+        except ValueError:
+            reject("non_numeric_latency", repr(cell[:40]))
+            continue
+        if not math.isfinite(latency):
+            reject("non_numeric_latency", repr(cell[:40]))
+            continue
+        if latency <= 0:
+            reject("non_positive_latency", repr(cell[:40]))
+            continue
+        resolved = _resolve_graph(graph, path.parent)
+        if resolved is None:
+            reject("missing_file", "no such file")
+            continue
+        if resolved in seen_paths:
+            reject("duplicate", f"same file as line {seen_paths[resolved]}")
+            continue
+        digest = _sha256(resolved)
+        if digest in seen_hashes:
+            reject("duplicate", f"same graph content as line {seen_hashes[digest]}")
+            continue
+        seen_paths[resolved] = i
+        seen_hashes[digest] = i
+        out.rows.append(TimingRow(i, graph, resolved, latency, digest))
+    return out
+
+
+def timings_sha256(rows: Sequence[TimingRow]) -> str:
+    """Hash of what the fit used: each graph's content hash and its latency, in file order."""
+    canon = "".join(f"{r.sha256}\t{r.latency_ms!r}\n" for r in rows)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The fit
+
+
+@dataclass(frozen=True)
+class LogAffine:
+    a: float
+    b: float
+    residuals: np.ndarray  # log(measured / calibrated), in sample
+    loo_residuals: np.ndarray  # the same, each from a fit without that timing
+    sd: float  # pooled residual scale behind the interval
+    interval: tuple[float, float]  # log quantiles around the calibrated total
+
+    def apply(self, base_ms: np.ndarray | float) -> np.ndarray:
+        return np.exp(self.a + self.b * np.log(np.maximum(base_ms, 1e-9)))
+
+
+def _ab(x: np.ndarray, y: np.ndarray, slope_prior: float) -> tuple[float, float]:
+    """Free offset, slope ridge-shrunk to 1: minimise sum (y - a - b x)^2 + lambda (b - 1)^2."""
+    d = y - x
+    xc = x - x.mean()
+    beta = float(xc @ (d - d.mean())) / (float(xc @ xc) + slope_prior)
+    alpha = float(d.mean())
+    return alpha - beta * float(x.mean()), 1.0 + beta
+
+
+def _t_quantile(p: float, df: float) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def fit_log_affine(
+    base_ms: Sequence[float],
+    measured_ms: Sequence[float],
+    slope_prior: float = SLOPE_PRIOR,
+    prior_sd: float = DEFAULT_PRIOR_SD,
+    prior_weight: float = PRIOR_WEIGHT,
+    coverage: float = COVERAGE,
+) -> LogAffine:
+    x = np.log(np.asarray(base_ms, float))
+    y = np.log(np.asarray(measured_ms, float))
+    k = len(x)
+    if k < MIN_TIMINGS:
+        raise CalibrationError(
+            f"calibration needs at least {MIN_TIMINGS} usable timings, got {k}"
+        )
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise CalibrationError("calibration got a non-finite latency")
+    a, b = _ab(x, y, slope_prior)
+    resid = y - (a + b * x)
+    loo = np.empty(k)
+    for i in range(k):
+        keep = np.arange(k) != i
+        ai, bi = _ab(x[keep], y[keep], slope_prior)
+        loo[i] = y[i] - (ai + bi * x[i])
+    sd = math.sqrt((float(loo @ loo) + prior_weight * prior_sd**2) / (k + prior_weight))
+    half = _t_quantile((1 + coverage) / 2, k - 1 + prior_weight) * sd
+    center = float(np.median(loo)) if k >= 5 else 0.0
+    return LogAffine(a, b, resid, loo, sd, (center - half, center + half))
+
+
+# --------------------------------------------------------------------------------------------
+# Which estimator a calibration sits on
+
+
+def base_runtime(runtime: str) -> str:
+    """Runtimes without per-kernel data are calibrated on the default (tflite-gpu) estimator."""
+    if socs.runtimes().get(runtime, {}).get("per_kernel_data", True):
+        return runtime
+    return socs.default_runtime()
+
+
+def load_base(soc: socs.Soc, runtime: str, models_dir: Path | None):
+    """The uncalibrated estimator a calibration of (soc, runtime) is fitted on, or None."""
+    from leti.estimator import Estimator
+    from leti.transfer import _UNCALIBRATED
+
+    token = _UNCALIBRATED.set(True)
+    try:
+        base = Estimator.load(soc.id, base_runtime(runtime), models_dir)
+    except ModelNotFoundError:
+        return None
+    finally:
+        _UNCALIBRATED.reset(token)
+    return replace(base, runtime=runtime) if base.runtime != runtime else base
+
+
+def prior_sd_for(base, runtime: str, models_dir: Path | None) -> tuple[float, str]:
+    """Residual scale expected after calibrating this kind of base (and where it comes from)."""
+    from leti.transfer import transfer_manifest
+
+    manifest = transfer_manifest(models_dir) or {}
+    priors = manifest.get("calibration_prior_sd", {})
+    if base_runtime(runtime) != runtime and "cross_runtime" in priors:
+        return float(priors["cross_runtime"]), "transfer manifest: ncnn k=5 evaluation"
+    if base.provenance == "transfer" and "transfer" in priors:
+        return float(priors["transfer"]), "transfer manifest: leave-one-SoC-out k=5 evaluation"
+    if base.provenance == "measured" and base_runtime(runtime) == runtime:
+        lo, hi = base.log_interval
+        return max((hi - lo) / (2 * 1.645), 0.02), "base model's cross-validated interval"
+    return DEFAULT_PRIOR_SD, "default"
+
+
+# --------------------------------------------------------------------------------------------
+# Fit, save, load, apply
+
+
+def calibration_path(models_dir: Path, soc: str, runtime: str) -> Path:
+    return Path(models_dir) / soc / runtime / FILE_NAME
+
+
+def calibrate(
+    soc_name: str,
+    runtime_name: str | None,
+    csv_path: str | Path,
+    models_dir: str | Path | None = None,
+) -> tuple[dict, Timings]:
+    """Fit a calibration from a timings CSV and write it; returns (document, timings)."""
+    soc = socs.resolve(soc_name)
+    runtime = socs.resolve_runtime(runtime_name)
+    root = resolve_models_dir(models_dir)
+    timings = read_timings(csv_path)
+    if timings.k < MIN_TIMINGS:
+        raise CalibrationError(
+            f"calibration needs at least {MIN_TIMINGS} usable timings, got {timings.k}\n"
+            + timings.report(),
+            detail=timings.report(),
+        )
+    base = load_base(soc, runtime, root)
+    if base is None:
+        raise ModelNotFoundError(
+            f"no base estimator to calibrate for {soc.id} on {runtime}: no measured or "
+            f"transfer model for {soc.id}/{base_runtime(runtime)} in {root}"
+        )
+    used, preds = [], []
+    for row in timings.rows:
+        try:
+            preds.append(base.predict(row.path).total_ms)
+            used.append(row)
+        except LetiError as exc:
+            timings.rejected.append(RejectedRow(row.line, row.graph, "unusable_graph", exc.message))
+    timings.rows = used
+    timings.rejected.sort(key=lambda r: r.line)
+    if len(used) < MIN_TIMINGS:
+        raise CalibrationError(
+            f"calibration needs at least {MIN_TIMINGS} usable timings, got {len(used)}\n"
+            + timings.report(),
+            detail=timings.report(),
+        )
+    measured = np.array([r.latency_ms for r in used])
+    prior_sd, prior_source = prior_sd_for(base, runtime, root)
+    fit = fit_log_affine(preds, measured, prior_sd=prior_sd)
+    digest = timings_sha256(used)
+    created = datetime.now(UTC).replace(microsecond=0).isoformat()
+    doc = {
+        "format": FORMAT,
+        "soc": soc.id,
+        "runtime": runtime,
+        "model_version": f"{base.model_version}+cal-{digest[:10]}",
+        "created": created,
+        "base": {
+            "runtime": base_runtime(runtime),
+            "provenance": base.provenance,
+            "model_version": base.model_version,
+        },
+        "map": "log(total_ms) = a + b * log(base_total_ms)",
+        "a": fit.a,
+        "b": fit.b,
+        "k": len(used),
+        "timings_sha256": digest,
+        "timings_file": str(Path(csv_path)),
+        "timings_file_sha256": timings.file_sha256,
+        "prior": {
+            "slope": 1.0,
+            "slope_ridge_lambda": SLOPE_PRIOR,
+            "residual_sd": prior_sd,
+            "residual_sd_source": prior_source,
+            "residual_sd_weight": PRIOR_WEIGHT,
+        },
+        "interval_log_quantiles": list(fit.interval),
+        "interval": {
+            "coverage": COVERAGE,
+            "method": "leave-one-out residuals pooled with the prior residual scale, "
+            "Student t with k - 1 + prior weight degrees of freedom",
+            "sd": fit.sd,
+        },
+        "residuals": [
+            {
+                "line": r.line,
+                "graph": r.graph,
+                "graph_sha256": r.sha256,
+                "measured_ms": r.latency_ms,
+                "base_ms": float(p),
+                "calibrated_ms": float(fit.apply(p)),
+                "log_residual": float(res),
+                "loo_log_residual": float(lres),
+            }
+            for r, p, res, lres in zip(used, preds, fit.residuals, fit.loo_residuals, strict=True)
+        ],
+        "fit_rms_log_residual": float(np.sqrt(np.mean(fit.residuals**2))),
+        "loo_rms_log_residual": float(np.sqrt(np.mean(fit.loo_residuals**2))),
+        "rejected": [r.to_dict() for r in timings.rejected],
+    }
+    atomic_write_json(calibration_path(root, soc.id, runtime), doc)
+    return doc, timings
+
+
+def read_calibration(models_dir: Path | None, soc: str, runtime: str) -> dict | None:
+    if models_dir is None:
+        return None
+    path = calibration_path(Path(models_dir), soc, runtime)
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable calibration ignored: %s", path, exc)
+        return None
+    if doc.get("format") != FORMAT or not {"a", "b", "interval_log_quantiles"} <= set(doc):
+        log.warning("%s: not a %s document; ignored", path, FORMAT)
+        return None
+    return doc
+
+
+def saved_calibrations(models_dir: Path | None) -> list[tuple[str, str, dict]]:
+    """(soc, runtime, document) for every valid calibration under `models_dir`."""
+    if models_dir is None or not Path(models_dir).is_dir():
+        return []
+    out = []
+    registry = socs.all_socs()
+    for path in sorted(Path(models_dir).glob(f"*/*/{FILE_NAME}")):
+        soc, runtime = path.parent.parent.name, path.parent.name
+        if soc not in registry or runtime not in socs.runtimes():
+            continue
+        doc = read_calibration(models_dir, soc, runtime)
+        if doc is not None:
+            out.append((soc, runtime, doc))
+    return out
+
+
+def with_calibration(est, doc: Mapping[str, Any]):
+    """`est` (the uncalibrated base) answering as calibrated by `doc`."""
+    if doc["base"]["model_version"] != est.model_version:
+        log.warning(
+            "calibration for %s/%s was fitted on %s but the base is now %s: re-run "
+            "`leti calibrate` to refit it",
+            doc["soc"],
+            doc["runtime"],
+            doc["base"]["model_version"],
+            est.model_version,
+        )
+    summary = {
+        "k": doc["k"],
+        "a": doc["a"],
+        "b": doc["b"],
+        "timings_sha256": doc["timings_sha256"],
+        "base": doc["base"],
+        "created": doc.get("created"),
+    }
+    return replace(
+        est,
+        runtime=doc["runtime"],
+        provenance="calibrated",
+        model_version=doc["model_version"],
+        calibration={
+            "a": float(doc["a"]),
+            "b": float(doc["b"]),
+            "interval_log_quantiles": tuple(doc["interval_log_quantiles"]),
+        },
+        manifest={**dict(est.manifest), "calibration": summary},
+    )
 
 
 def apply_saved_calibration(estimator, models_dir: Path):
     """Return `estimator` with a saved calibration applied, or unchanged when there is none."""
-    return estimator
+    from leti.transfer import _UNCALIBRATED
+
+    if _UNCALIBRATED.get():
+        return estimator
+    doc = read_calibration(models_dir, estimator.soc, estimator.runtime)
+    if doc is None or doc["base"].get("runtime") != estimator.runtime:
+        return estimator
+    return with_calibration(estimator, doc)
+
+
+def load_calibrated_only(soc: socs.Soc, runtime: str, models_dir: Path):
+    """A runtime without its own model (ncnn-vulkan): its calibration on the base estimator."""
+    doc = read_calibration(models_dir, soc.id, runtime)
+    if doc is None:
+        return None
+    base = load_base(soc, runtime, models_dir)
+    if base is None:
+        log.warning("calibration for %s/%s has no base estimator to sit on", soc.id, runtime)
+        return None
+    return with_calibration(base, doc)
+
+
+def run_calibrate(args) -> int:
+    """`leti calibrate --soc S [--runtime R] --measurements timings.csv [--models-dir D]`."""
+    doc, timings = calibrate(args.soc, args.runtime, args.measurements, args.models_dir)
+    root = resolve_models_dir(args.models_dir)
+    print(timings.report())
+    lo, hi = doc["interval_log_quantiles"]
+    print(
+        f"{doc['soc']}/{doc['runtime']}: calibrated on {doc['k']} timings "
+        f"(base {doc['base']['runtime']}, {doc['base']['provenance']})"
+    )
+    print(
+        f"  log t = {doc['a']:+.4f} + {doc['b']:.4f} log t_base; leave-one-out RMS "
+        f"{100 * (math.exp(doc['loo_rms_log_residual']) - 1):.1f}%; interval "
+        f"{100 * (math.exp(lo) - 1):+.0f}% / {100 * (math.exp(hi) - 1):+.0f}%"
+    )
+    for r in doc["residuals"]:
+        print(
+            f"  {r['graph']}: measured {r['measured_ms']:.2f} ms, base {r['base_ms']:.2f}, "
+            f"calibrated {r['calibrated_ms']:.2f} ({100 * (math.exp(-r['log_residual']) - 1):+.1f}%)"
+        )
+    print(f"wrote {calibration_path(root, doc['soc'], doc['runtime'])} ({doc['model_version']})")
+    if timings.rejected:
+        print(f"warning: {len(timings.rejected)} row(s) rejected (see above)")
+    return 0

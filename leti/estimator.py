@@ -19,7 +19,7 @@ import onnx
 
 from leti import socs
 from leti.errors import LetiError, ModelNotFoundError
-from leti.features import graph_features, kernel_features, kernels_frame
+from leti.features import graph_features, kernels_frame
 from leti.graph import parse_graph
 from leti.kernels import plan as plan_kernels
 from leti.records import Graph, KernelPlan, LayerTime, Prediction, Unsupported

@@ -265,6 +265,9 @@ class ServiceState:
             raise ServiceError(
                 400, "missing_parameter", f"'soc' is required; known SoCs: {known}", param="soc"
             )
+        for name, value in (("soc", soc_name), ("runtime", runtime_name)):
+            if value is not None and not isinstance(value, str):
+                raise ServiceError(400, "invalid_parameter", f"'{name}' must be a string")
         soc = socs.resolve(soc_name)
         runtime = socs.resolve_runtime(runtime_name)
         key = (soc.id, runtime)
@@ -377,7 +380,7 @@ def _parse_input_shape(value: Any) -> dict[str, list[int]] | None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ServiceError(
                 400,
                 "invalid_input_shape",
@@ -476,7 +479,7 @@ def _batch_inputs(st: ServiceState) -> tuple[list[bytes | LetiError], dict | Non
     raw = _read_capped(request.stream, st.max_bytes)
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ServiceError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("graphs"), list):
         raise ServiceError(

@@ -56,8 +56,9 @@ def target() -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server():
-    with BackgroundServer(threads=4, env={"LETI_MAX_UPLOAD_MB": "1"}) as srv:
+def server(target):
+    preload = ["--preload", f"{target[0]}:{target[1]}"]
+    with BackgroundServer(threads=4, env={"LETI_MAX_UPLOAD_MB": "1"}, args=preload) as srv:
         yield srv
 
 
@@ -105,6 +106,12 @@ def test_heavy_model_uploads_graph_only(server, target):
         assert c.predict(model, soc=target[0], runtime=target[1])["total_ms"] > 0
     with Client(server.url, retries=0, strip=False) as c, pytest.raises(TooLarge) as info:
         c.predict(model, soc=target[0], runtime=target[1])
+    assert info.value.status == 413 and info.value.error == "payload_too_large"
+    # far over the limit, waitress refuses it (plain text) before the app sees it
+    huge = heavy_model(300)
+    assert huge.ByteSize() > 6_000_000
+    with Client(server.url, retries=0, strip=False) as c, pytest.raises(TooLarge) as info:
+        c.predict(huge, soc=target[0], runtime=target[1])
     assert info.value.status == 413
 
 
@@ -159,6 +166,7 @@ def test_socs_and_health(client, target):
     assert target[1] in socs[target[0]]["runtimes"]
     health = client.health()
     assert health["status"] == "ok" and health["limits"]["max_upload_mb"] == 1
+    assert health["estimators_loaded"] >= 1  # --preload
 
 
 def _free_port() -> int:

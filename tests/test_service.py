@@ -359,6 +359,17 @@ def test_batch_errors(graphs, target):
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_json"
     r = c.post("/predict/batch", json={"soc": target[0], "graphs": "abc"})
     assert r.status_code == 400 and r.get_json()["error"] == "invalid_json"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = c.post("/predict/batch", data=deep, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_json"
+    for bad in ({"soc": 5}, {"soc": target[0], "runtime": [1]}, {"soc": {"a": 1}}):
+        r = c.post("/predict/batch", json={**bad, "graphs": [b64]})
+        assert r.status_code == 400 and r.get_json()["error"] == "invalid_parameter", bad
+    for shape in ({"image": [True, 3, 8, 8]}, [1, 2], {"image": [1.5]}, "{" * 50_000):
+        r = c.post("/predict/batch", json={"soc": target[0], "graphs": [b64], "input_shape": shape})
+        assert r.status_code == 400 and r.get_json()["error"] == "invalid_input_shape", shape
+    r = c.post("/predict/batch", json={"soc": target[0], "graphs": [b64], "layers": [1]})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_parameter"
     r = c.post("/predict/batch", data=graphs["tiny"], headers=OCTET)
     assert r.status_code == 415
     r = c.post("/predict/batch", json={"soc": "nope", "graphs": [b64]})
@@ -721,3 +732,35 @@ def test_serve_rejects_bad_arguments(capsys):
     assert server_main(["--threads", "0"]) == 2
     assert server_main(["--port", "70000"]) == 2
     assert "--threads" in capsys.readouterr().err
+    assert server_main(["--port", "0", "--preload", "snapdragon9999"]) == 2
+    assert "unknown SoC" in capsys.readouterr().err
+
+
+def test_batch_survives_an_unexpected_failure_in_one_graph(graphs, target, caplog):
+    """If predict_many itself breaks, the batch falls back to graph-by-graph predictions and
+    only the graph that fails gets an (opaque) internal_error slot."""
+    from leti.service import _default_loader
+
+    class Flaky:
+        def __init__(self, est):
+            self.est, self.soc, self.runtime = est, est.soc, est.runtime
+
+        def predict(self, model, input_shapes=None):
+            if model.graph.name == "boom":
+                raise RuntimeError("secret detail")
+            return self.est.predict(model, input_shapes)
+
+        def predict_many(self, models, input_shapes=None):
+            raise RuntimeError("batch path broken")
+
+    c = create_app({"ESTIMATOR_LOADER": lambda *a: Flaky(_default_loader(*a))}).test_client()
+    boom = conv_model()
+    boom.graph.name = "boom"
+    b64 = [base64.b64encode(b).decode() for b in (graphs["tiny"], boom.SerializeToString())]
+    with caplog.at_level("ERROR", logger="leti.service"):
+        r = c.post("/predict/batch", json={"soc": target[0], "runtime": target[1], "graphs": b64})
+    assert r.status_code == 200
+    res = r.get_json()["results"]
+    assert res[0]["total_ms"] > 0
+    assert res[1] == {"error": "internal_error", "detail": "internal server error"}
+    assert "secret detail" in caplog.text and "secret" not in r.get_data(as_text=True)

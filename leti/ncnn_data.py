@@ -1,0 +1,115 @@
+"""The ncnn benchmark (../shared/data/ncnn-benchmark, BSD-3): end-to-end Vulkan timings of ~15
+standard classification models on ~17 mobile GPUs, used to test transfer and few-shot
+calibration on a runtime (ncnn-vulkan) and GPUs we have no per-layer data for.
+
+Selection rules (deterministic; documented in benchmarks/transfer.md):
+- rows with `backend == "vulkan"` and `gpu_banner == 1` (two boards print `gpu_device = 0`
+  but ran on the CPU: their banner is 0);
+- the Station-M3 RK3588S GPU rows are excluded: they look broken (vgg16 in 0.56 ms);
+- a target is a GPU listed in `data/ncnn_gpus.json` (mobile GPUs, with approximate hardware
+  descriptors), matched on the start of the device section and the Vulkan device name;
+- per target, the runs (run_index) with the most rows are kept, and per model the minimum of
+  `avg_ms` over those runs and over duplicate rows;
+- models are those with a graph in `../shared/zoo/ncnn/mapping.json` (detectors and int8
+  variants have none and are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from leti.transfer import GpuSpec
+
+CSV_NAME = "ncnn_benchmark.csv"
+BROKEN_SECTIONS = ("Station-M3",)
+
+
+@dataclass(frozen=True)
+class NcnnTarget:
+    gpu: GpuSpec
+    section: str  # full section name in the benchmark
+    gpu_name: str
+    runs: tuple[int, ...]  # run_index values kept
+    timings: pd.DataFrame  # model, latency_ms, graph (path)
+
+
+@cache
+def gpu_specs() -> dict[str, dict]:
+    raw = resources.files("leti").joinpath("data/ncnn_gpus.json").read_text("utf-8")
+    return json.loads(raw)["gpus"]
+
+
+def spec(gid: str) -> GpuSpec:
+    d = gpu_specs()[gid]
+    return GpuSpec(
+        id=gid,
+        name=d["name"],
+        family=d["family"],
+        arch_gen=float(d["arch_gen"]),
+        fp32_gflops=float(d["fp32_gflops"]),
+        fp16_gflops=float(d["fp16_gflops"]),
+        dram_gbps=float(d["dram_gbps"]),
+    )
+
+
+def load_vulkan_rows(data_dir: Path) -> pd.DataFrame:
+    """Vulkan rows that really ran on a GPU, without the known-broken sections."""
+    df = pd.read_csv(Path(data_dir) / CSV_NAME, low_memory=False)
+    df = df[(df["backend"] == "vulkan") & (df["gpu_banner"] == 1)]
+    for prefix in BROKEN_SECTIONS:
+        df = df[~df["section"].astype(str).str.startswith(prefix)]
+    return df[pd.to_numeric(df["avg_ms"], errors="coerce") > 0].copy()
+
+
+def load_mapping(zoo_dir: Path) -> dict[str, Path]:
+    """ncnn model name -> ONNX graph, for the models that have one."""
+    raw = json.loads((Path(zoo_dir) / "mapping.json").read_text("utf-8"))
+    out = {}
+    for name in raw:
+        if name.startswith("_"):
+            continue
+        path = Path(zoo_dir) / f"{name}.onnx"
+        if path.is_file():
+            out[name] = path
+    return out
+
+
+def load_targets(data_dir: Path, zoo_dir: Path) -> list[NcnnTarget]:
+    rows = load_vulkan_rows(data_dir)
+    graphs = load_mapping(zoo_dir)
+    out = []
+    for gid, d in gpu_specs().items():
+        sel = rows[
+            rows["section"].astype(str).str.startswith(d["section"])
+            & (rows["gpu_name"].astype(str) == d["gpu_name"])
+        ]
+        if sel.empty:
+            continue
+        sizes = sel.groupby("run_index").size()
+        runs = tuple(sorted(int(r) for r in sizes[sizes == sizes.max()].index))
+        sel = sel[sel["run_index"].isin(runs) & sel["model"].isin(list(graphs))]
+        t = (
+            sel.assign(avg_ms=pd.to_numeric(sel["avg_ms"]))
+            .groupby("model", as_index=False)["avg_ms"]
+            .min()
+            .rename(columns={"avg_ms": "latency_ms"})
+            .sort_values("model")
+            .reset_index(drop=True)
+        )
+        t["graph"] = [str(graphs[m]) for m in t["model"]]
+        out.append(
+            NcnnTarget(
+                gpu=spec(gid),
+                section=str(sel["section"].iloc[0]) if len(sel) else d["section"],
+                gpu_name=d["gpu_name"],
+                runs=runs,
+                timings=t,
+            )
+        )
+    return out
