@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint format bench evaluate clean
+.PHONY: serve test lint format import evaluate bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,18 @@ test: $(STAMP)
 	$(BIN)/ruff check leti tests benchmarks
 	$(BIN)/ruff format --check leti tests benchmarks
 	$(BIN)/python -m pytest -q
+
+# Regenerate the committed reports (needs ../shared; `leti import` first).
+import: $(STAMP)
+	$(BIN)/leti import mobile-ml-benchmark ../shared/data/mobile-ml-benchmark
+
+evaluate: $(STAMP)
+	$(BIN)/leti evaluate
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/kernel_matching.py
+	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/service_bench.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check leti tests benchmarks

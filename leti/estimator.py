@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 
 from leti import socs
 from leti.errors import LetiError, ModelNotFoundError
@@ -101,9 +102,23 @@ class Estimator:
         return self.predict_plan(plan)
 
     def predict_plan(self, plan: KernelPlan) -> Prediction:
-        ms = self.kernel_ms(plan)
+        return self._predict_plans([plan])[0]
+
+    def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
+        """Batched: one regressor call per kernel kind and one corrector call for all graphs."""
+        frames = [kernels_frame(p.kernels) for p in plans]
+        sizes = [len(f) for f in frames]
+        all_ms = self.kernels.predict(pd.concat(frames, ignore_index=True)) if sum(sizes) else []
+        split = np.split(np.asarray(all_ms, float), np.cumsum(sizes)[:-1])
+        feats = np.array([graph_features(p, ms) for p, ms in zip(plans, split, strict=True)])
+        log_ratio = self.corrector.predict(feats)
+        return [
+            self._assemble(p, ms, float(r) if len(ms) else 0.0)
+            for p, ms, r in zip(plans, split, log_ratio, strict=True)
+        ]
+
+    def _assemble(self, plan: KernelPlan, ms: np.ndarray, log_ratio: float) -> Prediction:
         kernel_sum = float(ms.sum())
-        log_ratio = float(self.corrector.predict(graph_features(plan, ms))[0]) if len(ms) else 0.0
         total = kernel_sum * float(np.exp(log_ratio))
         lo, hi = self.log_interval
         if self.calibration:
@@ -141,14 +156,21 @@ class Estimator:
     def predict_many(
         self, sources: Sequence[GraphSource], input_shapes=None
     ) -> list[Prediction | LetiError]:
-        """One result per graph, in order; a bad graph yields its error, not an exception."""
-        out: list[Prediction | LetiError] = []
-        for src in sources:
+        """One result per graph, in order; a bad graph yields its error, not an exception.
+
+        The regressors run once for the whole batch, which is what makes NAS-sized batches fast.
+        """
+        out: list[Prediction | LetiError | None] = [None] * len(sources)
+        plans: list[tuple[int, KernelPlan]] = []
+        for i, src in enumerate(sources):
             try:
-                out.append(self.predict(src, input_shapes))
+                plans.append((i, self.plan(src, input_shapes)))
             except LetiError as exc:
-                out.append(exc)
-        return out
+                out[i] = exc
+        if plans:
+            for (i, _), pred in zip(plans, self._predict_plans([p for _, p in plans]), strict=True):
+                out[i] = pred
+        return out  # type: ignore[return-value]
 
 
 def _calibrate(total: float, cal: Mapping) -> tuple[float, tuple[float, float]]:

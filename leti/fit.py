@@ -146,15 +146,20 @@ def fit_pipeline(ts: TrainingSet, train_models: Sequence[str], seed: int = 0) ->
     held_out = [m for m in ts.models if m not in set(train_models)]
     oof = oof_kernel_ms(ts, train_models, exclude=held_out, seed=seed)
     x, y = corrector_data(ts, oof, train_models)
-    corrector = GraphCorrector().fit(x, y)
-    # Residuals of the corrector itself, out of fold, size the prediction interval.
-    resid = np.empty(len(train_models))
+    # Out-of-fold residuals choose between the trees and a constant ratio (where the kernel
+    # sum already tracks end-to-end time, e.g. PyTorch Vulkan which times every op, trees only
+    # add noise), and size the prediction interval of the one chosen.
+    candidates = {False: np.empty(len(train_models)), True: np.empty(len(train_models))}
     index = {m: i for i, m in enumerate(train_models)}
     for fold in group_folds(train_models, min(N_SPLITS, len(train_models)), seed + 1):
         idx = [index[m] for m in fold]
         rest = [i for i in range(len(train_models)) if i not in set(idx)]
-        c = GraphCorrector().fit(x[rest], y[rest])
-        resid[idx] = y[idx] - c.predict(x[idx])
+        for constant, resid in candidates.items():
+            c = GraphCorrector(constant=constant).fit(x[rest], y[rest])
+            resid[idx] = y[idx] - c.predict(x[idx])
+    constant = bool(np.abs(candidates[True]).mean() < np.abs(candidates[False]).mean())
+    resid = candidates[constant]
+    corrector = GraphCorrector(constant=constant).fit(x, y)
     lo, hi = np.quantile(resid, [0.05, 0.95]) if len(resid) >= 5 else (-0.3, 0.3)
     kernels = fit_kernels(ts, exclude=held_out)
     return FittedPipeline(kernels, corrector, (float(lo), float(hi)), resid)
@@ -221,6 +226,7 @@ def fit_and_save(
             "kernel_rows": len(ts.kernel_rows),
             "graphs": len(ts.models),
             "kinds": sorted(pipe.kernels.kinds),
+            "corrector": "constant" if pipe.corrector.constant else "trees",
         },
         "data": data,
         "fusion_rules_sha256": _fusion_hash(),

@@ -39,8 +39,13 @@ import pandas as pd
 import xgboost as xgb
 
 from leti import socs
-from leti.features import KERNEL_FEATURES, graph_features, kernel_features, kernels_frame
-from leti.regressors import GraphCorrector
+from leti.features import (
+    GRAPH_FEATURES,
+    KERNEL_FEATURES,
+    graph_features,
+    kernel_features,
+    kernels_frame,
+)
 from leti.store import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -125,7 +130,9 @@ class TransferKernels:
     learning_rate: float = 0.08
     min_rows: int = 30
     seed: int = 0
-    n_jobs: int = 2
+    # One thread: on a shared 2-core machine two OpenMP threads contending with another
+    # process made a fit >10x slower; fits are small and many, not big and few.
+    n_jobs: int = 1
     boosters: dict[str, xgb.Booster] = field(default_factory=dict, repr=False)
 
     def _params(self) -> dict:
@@ -224,6 +231,67 @@ class BoundKernels:
         return self.model.predict(geometry, self.hw)
 
 
+@dataclass
+class TransferCorrector:
+    """Ridge on standardised graph features -> log(end-to-end / kernel sum), pooled across SoCs.
+
+    Linear on purpose: pooled over SoCs whose kernel sums differ by 30x, trees would split on
+    the SoC's scale (log_kernel_sum) and carry one SoC's ratios to another; a ridge keeps the
+    model-dependent part (launch counts, standalone ops), which is what transfers."""
+
+    alpha: float = 3.0
+    mean_: np.ndarray | None = None
+    scale_: np.ndarray | None = None
+    coef_: np.ndarray | None = None
+    intercept_: float = 0.0
+
+    def fit(self, x: np.ndarray, log_ratio: np.ndarray) -> TransferCorrector:
+        x = np.asarray(x, float)
+        y = np.asarray(log_ratio, float)
+        self.mean_ = x.mean(axis=0)
+        self.scale_ = x.std(axis=0)
+        self.scale_[self.scale_ == 0] = 1.0
+        z = (x - self.mean_) / self.scale_
+        self.intercept_ = float(y.mean())
+        a = z.T @ z + self.alpha * np.eye(z.shape[1])
+        self.coef_ = np.linalg.solve(a, z.T @ (y - self.intercept_))
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        z = (np.atleast_2d(np.asarray(x, float)) - self.mean_) / self.scale_
+        return z @ self.coef_ + self.intercept_
+
+    def to_json(self) -> dict:
+        return {
+            "type": "ridge",
+            "features": list(GRAPH_FEATURES),
+            "alpha": self.alpha,
+            "mean": self.mean_.tolist(),
+            "scale": self.scale_.tolist(),
+            "coef": self.coef_.tolist(),
+            "intercept": self.intercept_,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping) -> TransferCorrector:
+        if doc.get("type") != "ridge" or list(doc["features"]) != list(GRAPH_FEATURES):
+            raise ValueError("transfer corrector was trained with other graph features: retrain")
+        return cls(
+            alpha=float(doc["alpha"]),
+            mean_=np.array(doc["mean"], float),
+            scale_=np.array(doc["scale"], float),
+            coef_=np.array(doc["coef"], float),
+            intercept_=float(doc["intercept"]),
+        )
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> TransferCorrector:
+        return cls.from_json(json.loads(Path(path).read_text("utf-8")))
+
+
 # --------------------------------------------------------------------------------------------
 # Training across SoCs
 
@@ -231,7 +299,7 @@ class BoundKernels:
 @dataclass
 class TransferPipeline:
     kernels: TransferKernels
-    corrector: GraphCorrector
+    corrector: TransferCorrector
     train_socs: tuple[str, ...]
 
 
@@ -274,7 +342,7 @@ def kernel_sums(
 
 def fit_corrector(
     cache: FitCache, train_socs: Sequence[str], train_models: Sequence[str]
-) -> GraphCorrector:
+) -> TransferCorrector:
     """Pooled corrector on (SoC, model) rows; each SoC's kernel sums come from a transfer fit
     that never saw that SoC (inner leave-one-SoC-out)."""
     xs, ys = [], []
@@ -287,7 +355,7 @@ def fit_corrector(
             total = max(float(ms[m].sum()), 1e-6)
             xs.append(graph_features(ts.plans[m], ms[m]))
             ys.append(np.log(float(ts.e2e.loc[m, "latency_ms"])) - np.log(total))
-    return GraphCorrector().fit(np.array(xs), np.array(ys))
+    return TransferCorrector().fit(np.array(xs), np.array(ys))
 
 
 def fit_transfer(
@@ -322,8 +390,7 @@ def predict_detail(
     sums = np.array([max(float(ms[m].sum()), 1e-6) for m in models])
     share = np.array(
         [
-            float(ms[m][np.isin([k.kind for k in ts.plans[m].kernels], COMPUTE_KINDS)].sum())
-            / s
+            float(ms[m][np.isin([k.kind for k in ts.plans[m].kernels], COMPUTE_KINDS)].sum()) / s
             if len(ms[m])
             else 1.0
             for m, s in zip(models, sums, strict=True)
@@ -393,9 +460,7 @@ def zero_shot_interval(loso: pd.DataFrame, coverage: float = 0.9) -> tuple[float
     return float(lo), float(hi)
 
 
-def load_sets(
-    runtime: str = "tflite-gpu", measurements_root: Path | None = None
-) -> dict[str, Any]:
+def load_sets(runtime: str = "tflite-gpu", measurements_root: Path | None = None) -> dict[str, Any]:
     from leti import measurements
     from leti.fit import load_training_set
 
@@ -410,6 +475,7 @@ def fit_and_save(
     sets: Mapping[str, Any] | None = None,
     loso: pd.DataFrame | None = None,
     extra: Mapping[str, Any] | None = None,
+    cache: FitCache | None = None,
 ) -> dict:
     """Train on every measured SoC of `runtime` and write `<models_dir>/transfer/<runtime>/`.
 
@@ -422,7 +488,7 @@ def fit_and_save(
     sets = sets if sets is not None else load_sets(runtime, measurements_root)
     if len(sets) < 3:
         raise ValueError(f"transfer needs >= 3 measured SoCs for {runtime}, have {len(sets)}")
-    cache = FitCache(sets)
+    cache = cache or FitCache(sets)
     if loso is None:
         loso = loso_zero_shot(sets, cache=cache)
     pipe = fit_transfer(cache, sorted(sets))
@@ -515,10 +581,10 @@ def transfer_manifest(models_dir: Path | None, runtime: str = "tflite-gpu") -> d
     return json.loads((folder / MANIFEST).read_text("utf-8"))
 
 
-_LOADED: dict[tuple[str, int], tuple[TransferKernels, GraphCorrector, dict]] = {}
+_LOADED: dict[tuple[str, int], tuple[TransferKernels, TransferCorrector, dict]] = {}
 
 
-def _load_parts(folder: Path) -> tuple[TransferKernels, GraphCorrector, dict]:
+def _load_parts(folder: Path) -> tuple[TransferKernels, TransferCorrector, dict]:
     path = folder / MANIFEST
     key = (str(path.resolve()), path.stat().st_mtime_ns)
     if key not in _LOADED:
@@ -526,7 +592,7 @@ def _load_parts(folder: Path) -> tuple[TransferKernels, GraphCorrector, dict]:
         if list(manifest.get("features", [])) != list(TRANSFER_FEATURES):
             raise ValueError(f"{path}: trained with other features; retrain the transfer model")
         kernels = TransferKernels.load(folder, manifest["kernel_files"])
-        corrector = GraphCorrector.load(folder / manifest["corrector_file"])
+        corrector = TransferCorrector.load(folder / manifest["corrector_file"])
         _LOADED[key] = (kernels, corrector, manifest)
     return _LOADED[key]
 
@@ -554,6 +620,29 @@ def transfer_estimator(soc: socs.Soc, runtime: str, models_dir: Path | None):
         kernels=kernels.bind(soc),
         corrector=corrector,
         manifest=manifest,
+        log_interval=tuple(manifest["interval_log_quantiles"]),
+    )
+
+
+def profile_estimator(soc: socs.Soc, profile: str, runtime: str, models_dir: Path | None):
+    """The transfer pipeline priced with measured SoC `profile`'s descriptors, answering for
+    `soc`: a base a calibration may pick when the timings fit it better (leti.calibration)."""
+    from leti.calibration import base_runtime
+    from leti.estimator import Estimator
+
+    brt = base_runtime(runtime)
+    folder = transfer_folder(models_dir, brt) if brt in TRANSFER_RUNTIMES else None
+    if folder is None or profile not in socs.all_socs():
+        return None
+    kernels, corrector, manifest = _load_parts(folder)
+    return Estimator(
+        soc=soc.id,
+        runtime=runtime,
+        model_version=f"{manifest['model_version']}@{profile}",
+        provenance="transfer",
+        kernels=kernels.bind(socs.resolve(profile)),
+        corrector=corrector,
+        manifest={**manifest, "profile": profile},
         log_interval=tuple(manifest["interval_log_quantiles"]),
     )
 
@@ -617,19 +706,31 @@ def available_transfer(models_dir: Path, exclude: set[tuple[str, str]]) -> list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m leti.transfer [--models-dir D] [--measurements-dir M]`: train and save."""
+    """`python -m leti.transfer [--models-dir D] [--measurements-dir M] [--report OUT.md]`:
+    run the transfer evaluation (which sizes the intervals and calibration priors), then train
+    on every measured SoC and write `<models_dir>/transfer/tflite-gpu/`."""
     import argparse
 
+    from leti import transfer_eval
     from leti.store import models_dir as resolve_models_dir
 
     ap = argparse.ArgumentParser(prog="python -m leti.transfer")
     ap.add_argument("--models-dir", type=Path, default=None)
     ap.add_argument("--measurements-dir", type=Path, default=None)
-    ap.add_argument("--runtime", default="tflite-gpu")
+    ap.add_argument("--report", type=Path, default=None, help="also write this report")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    report, sets, cache = transfer_eval.run(args.measurements_dir)
+    if args.report:
+        transfer_eval.write_report(report, args.report)
     manifest = fit_and_save(
-        resolve_models_dir(args.models_dir), args.runtime, args.measurements_dir
+        resolve_models_dir(args.models_dir),
+        "tflite-gpu",
+        args.measurements_dir,
+        sets=sets,
+        loso=report.loso,
+        cache=cache,
+        extra={"calibration_prior_sd": report.prior_sd, "evaluation": report.headline()},
     )
     print(f"{manifest['model_version']}: interval {manifest['interval_log_quantiles']}")
     return 0

@@ -20,7 +20,6 @@ regression fitted on the same k timings.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -36,7 +35,7 @@ import pandas as pd
 
 from leti import calibration, socs, transfer
 from leti.evaluate import metrics
-from leti.fit import group_folds, load_plan
+from leti.fit import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +81,21 @@ class CalibratedRun:
     flops: dict[str, float]
     coverage: float  # share of test timings inside the calibrated 90% interval
     log_residuals: np.ndarray  # log(measured / calibrated) over every draw
+    picks: dict[str, float]  # which base the calibrations kept, share of fits
 
 
-def _calibrate_predict(cal_base, cal_meas, test_base, prior_sd: float):
-    fit = calibration.fit_log_affine(cal_base, cal_meas, prior_sd=prior_sd)
-    return fit.apply(np.asarray(test_base, float)), fit.interval
+def _pick_share(picks: Sequence[str]) -> dict[str, float]:
+    s = pd.Series(list(picks)).value_counts(normalize=True)
+    return {str(k): float(v) for k, v in s.items()}
+
+
+def _calibrate_predict(cal: pd.DataFrame, test: pd.DataFrame, prior_sd: float):
+    """The shipped calibration (`select_and_fit`) on the calibration rows, applied to the test
+    rows: candidates are the own transfer prediction, then every `profile:<soc>` column."""
+    cols = ["transfer", *(c for c in cal.columns if c.startswith("profile:"))]
+    cands = {c: cal[c].to_numpy(float) for c in cols if np.isfinite(cal[c].to_numpy(float)).all()}
+    name, fit = calibration.select_and_fit(cands, cal["measured"].to_numpy(float), prior_sd)
+    return fit.apply(test[name].to_numpy(float)), fit.interval, name
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,7 +107,7 @@ def loso_calibrated(
 ) -> dict[str, CalibratedRun]:
     out = {}
     for s, g in loso.groupby("soc"):
-        runs, fl_runs, inside, resid = [], [], [], []
+        runs, fl_runs, inside, resid, picks = [], [], [], [], []
         for r in range(DRAWS):
             rng = np.random.default_rng([SEED, r, k, *map(ord, s)])
             pred, meas, fpred = [], [], []
@@ -106,9 +115,8 @@ def loso_calibrated(
                 pool = gf[~gf["test"]]
                 cal = pool.iloc[rng.choice(len(pool), size=k, replace=False)]
                 test = gf[gf["test"]]
-                p, (lo, hi) = _calibrate_predict(
-                    cal["transfer"], cal["measured"], test["transfer"], prior_sd
-                )
+                p, (lo, hi), pick = _calibrate_predict(cal, test, prior_sd)
+                picks.append(pick)
                 pred.extend(p)
                 meas.extend(test["measured"])
                 a, b = _flops_fit(cal["model"].map(flops).to_numpy(), cal["measured"].to_numpy())
@@ -119,7 +127,11 @@ def loso_calibrated(
             runs.append(metrics(np.array(pred), np.array(meas)))
             fl_runs.append(metrics(np.array(fpred), np.array(meas)))
         out[s] = CalibratedRun(
-            _mean_metrics(runs), _mean_metrics(fl_runs), float(np.mean(inside)), np.array(resid)
+            _mean_metrics(runs),
+            _mean_metrics(fl_runs),
+            float(np.mean(inside)),
+            np.array(resid),
+            _pick_share(picks),
         )
     return out
 
@@ -174,7 +186,7 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> pd.DataFra
     totals, sums, share = transfer.predict_detail(
         pipe, SimpleNamespace(plans=plans), target.gpu, models
     )
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "model": models,
             "measured": t["latency_ms"].to_numpy(float),
@@ -184,20 +196,23 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> pd.DataFra
             "flops": [_flops(plans[m]) for m in models],
         }
     )
+    ns = SimpleNamespace(plans=plans)
+    for s in pipe.train_socs:
+        frame[f"profile:{s}"] = transfer.predict_detail(pipe, ns, socs.resolve(s), models)[0]
+    return frame
 
 
 def ncnn_calibrated(pred: pd.DataFrame, k: int, prior_sd: float, tag: str) -> CalibratedRun | None:
     n = len(pred)
     if n - k < MIN_TEST:
         return None
-    runs, fl_runs, inside, resid = [], [], [], []
+    runs, fl_runs, inside, resid, picks = [], [], [], [], []
     for r in range(DRAWS):
         rng = np.random.default_rng([SEED, r, k, *map(ord, tag)])
         order = rng.permutation(n)
         cal, test = pred.iloc[order[:k]], pred.iloc[order[k:]]
-        p, (lo, hi) = _calibrate_predict(
-            cal["transfer"], cal["measured"], test["transfer"], prior_sd
-        )
+        p, (lo, hi), pick = _calibrate_predict(cal, test, prior_sd)
+        picks.append(pick)
         a, b = _flops_fit(cal["flops"].to_numpy(), cal["measured"].to_numpy())
         fp = np.exp(a + b * np.log(test["flops"].to_numpy()))
         runs.append(metrics(p, test["measured"].to_numpy()))
@@ -206,7 +221,11 @@ def ncnn_calibrated(pred: pd.DataFrame, k: int, prior_sd: float, tag: str) -> Ca
         inside.extend((lr >= lo) & (lr <= hi))
         resid.extend(lr)
     return CalibratedRun(
-        _mean_metrics(runs), _mean_metrics(fl_runs), float(np.mean(inside)), np.array(resid)
+        _mean_metrics(runs),
+        _mean_metrics(fl_runs),
+        float(np.mean(inside)),
+        np.array(resid),
+        _pick_share(picks),
     )
 
 
@@ -286,9 +305,7 @@ class TransferReport:
         if runs:
             doc["ncnn_k5_median_acc20"] = float(np.median([r.leti["acc20"] for r in runs]))
             doc["ncnn_k5_beats_flops_mape"] = sum(r.leti["mape"] < r.flops["mape"] for r in runs)
-            doc["ncnn_k5_beats_flops_acc20"] = sum(
-                r.leti["acc20"] > r.flops["acc20"] for r in runs
-            )
+            doc["ncnn_k5_beats_flops_acc20"] = sum(r.leti["acc20"] > r.flops["acc20"] for r in runs)
             doc["ncnn_targets"] = len(runs)
         return doc
 
@@ -334,8 +351,8 @@ class TransferReport:
             f"Generated by `leti evaluate --transfer` on {datetime.now(UTC).date().isoformat()} "
             f"in {self.elapsed_s:.0f} s; do not edit by hand.",
             "",
-            "How well leti answers for a GPU it has no per-layer data for: zero-shot from the GPU's "
-            "hardware descriptors (provenance `transfer`), and after `leti calibrate` with k "
+            "How well leti answers for a GPU it has no per-layer data for: zero-shot from the "
+            "GPU's hardware descriptors (provenance `transfer`), and after `leti calibrate` with k "
             "end-to-end timings (provenance `calibrated`). Metrics compare predicted with "
             "measured end-to-end latency: ±10% / ±20% = share of models within that error, "
             "MAPE, Kendall τ (ranking). Calibrated figures are means over "
@@ -403,7 +420,10 @@ class TransferReport:
                     f"{_pct(f['acc20'])} | {_pct(f['mape'])} | {_tau(f['kendall_tau'])} |"
                 )
         lines += ["", "Medians over the held-out SoCs:", ""]
-        lines += ["| k | ±10% | ±20% | MAPE | τ | FLOPs ±20% | FLOPs MAPE |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "| k | ±10% | ±20% | MAPE | τ | FLOPs ±20% | FLOPs MAPE |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for k in KS:
             runs = list(self.calibrated[k].values())
 

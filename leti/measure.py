@@ -1,0 +1,373 @@
+"""`leti measure`: time a model on a phone with TFLite's `benchmark_model` and store the rows.
+
+One `benchmark_model --use_gpu=true --enable_op_profiling=true` run gives the end-to-end latency
+(`Inference (avg)`) and, when the GPU delegate reports its kernels ("Delegate internal" rows
+named like `convolution_2d_5_linked_:_add_6_linked_:_relu_7`), one latency per GPU kernel.
+Those are paired with the ONNX graph's `tflite-gpu` plan in order within each kernel family
+(geometry from the plan, `fused` from the GPU name), validated like imported rows, and merged
+atomically into `<measurements>/<source-name>/`: existing rows are never dropped, and a key
+(soc, runtime, model, source_row) already present keeps its old row. `--from-log` parses a
+captured log instead of using a device. Op profiling syncs per kernel: e2e may read high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import re
+import shlex
+import shutil
+import subprocess
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from leti import measurements as lm
+from leti.errors import MeasurementError
+from leti.measurements import parse_fused
+from leti.store import atomic_write_bytes, atomic_write_json, atomic_write_text, measurements_dir
+
+RUNTIME = "tflite-gpu"
+REMOTE_DIR = "/data/local/tmp"
+NO_KERNELS = "only end-to-end timing available: the delegate did not report per-kernel times"
+_OPS = {"conv": "CONV_2D", "dwconv": "DEPTHWISE_CONV_2D", "gconv": "CONV_2D_GROUP"}
+_OPS |= {"fc": "FULLY_CONNECTED", "pool_max": "MAX_POOL_2D", "pool_avg": "AVERAGE_POOL_2D"}
+_OPS |= {"pool_global": "MEAN", "concat": "CONCATENATION"}
+_GPU_NAME = re.compile(r"^[a-z][a-z0-9_]*?_\d+(?:_linked_:_[a-z][a-z0-9_]*?_\d+)*$")
+_LOG_PREFIX = re.compile(r"^(?:INFO|WARNING|ERROR|VERBOSE): ")
+_INFERENCE = re.compile(r"Inference timings in us:.*Inference \(avg\):\s*([0-9.eE+]+)")
+_COUNT = re.compile(r"^count=\d+\b.*\bavg=([0-9.eE+]+)\s+std=([0-9.eE+]+)")
+_NOT_DELEGATED = re.compile(
+    r"(failed to (?:apply|create) (?:the )?gpu delegate|will not be executed by the delegate)", re.I
+)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+class DeviceError(MeasurementError):
+    """adb is missing, the phone is unreachable, or `benchmark_model` failed on it."""
+
+    status = 503
+    kind = "device_error"
+
+
+@dataclass(frozen=True)
+class GpuKernelTime:
+    name: str  # e.g. convolution_2d_2_linked_:_add_3_linked_:_relu_4
+    avg_ms: float
+    row: int  # 0-based position among the GPU kernel rows, in run order
+
+
+@dataclass(frozen=True)
+class BenchmarkLog:
+    e2e_ms: float
+    std_ms: float | None
+    kernels: list[GpuKernelTime]
+    other_ops: list[str]  # profiled rows that are not GPU kernels: the delegate node, CPU ops
+
+
+def _table_rows(lines: list[str], start: int) -> tuple[list[dict[str, str]], int]:
+    """Rows of the stats table whose `[node type] ... [Name]` header is at `lines[start]`."""
+    columns = re.findall(r"\[([^\]]+)\]", lines[start])
+    rows, i = [], start + 1
+    while i < len(lines) and lines[i].strip() and not lines[i].startswith("="):
+        cells = [c.strip() for c in lines[i].strip("\n").split("\t") if c.strip()]
+        if len(cells) != len(columns):  # tabs lost in copying: the name is the last token
+            cells = lines[i].split(None, len(columns) - 1)
+        if len(cells) == len(columns):
+            rows.append(dict(zip(columns, cells, strict=True)))
+        i += 1
+    return rows, i
+
+
+def _gpu_name(row: dict[str, str]) -> str | None:
+    name = re.sub(r":\d+$", "", re.sub(r"^Delegate/", "", row.get("Name", "")))
+    for candidate in (name, row.get("node type", "")):
+        if _GPU_NAME.match(candidate):
+            return candidate
+    return None
+
+
+def parse_benchmark_log(text: str) -> BenchmarkLog:
+    """End-to-end and per-GPU-kernel times from `benchmark_model` output (see module doc)."""
+    lines = [_LOG_PREFIX.sub("", ln.rstrip("\r")) for ln in text.splitlines()]
+    e2e = [float(m.group(1)) for ln in lines if (m := _INFERENCE.search(ln))]
+    if not e2e:
+        hint = next((ln for ln in lines if _NOT_DELEGATED.search(ln)), "")
+        raise MeasurementError(
+            "unparseable benchmark log: no 'Inference timings in us: ... Inference (avg)' line"
+            + (f" ({hint.strip()})" if hint else "")
+        )
+    if any(_NOT_DELEGATED.search(ln) for ln in lines):
+        raise MeasurementError("the GPU delegate was not applied: this is not a GPU timing")
+    stds = [float(m.group(2)) for ln in lines if (m := _COUNT.match(ln.strip()))]
+    kernels: list[GpuKernelTime] = []
+    other: list[str] = []
+    regular = next((i for i, ln in enumerate(lines) if "Regular Benchmark Runs" in ln), None)
+    i = regular if regular is not None else len(lines)
+    while i < len(lines):
+        if "Run Order" in lines[i] and i + 1 < len(lines) and "[Name]" in lines[i + 1]:
+            rows, i = _table_rows(lines, i + 1)
+            for row in rows:
+                name = _gpu_name(row)
+                if name is None or row.get("node type", "").isupper():
+                    other.append(row.get("node type", "?"))
+                    continue
+                try:
+                    ms = float(row["avg ms"])
+                except (KeyError, ValueError):
+                    raise MeasurementError(f"unparseable profiling row for {name}: {row}") from None
+                kernels.append(GpuKernelTime(name, ms, len(kernels)))
+            continue
+        i += 1
+    if not kernels and other and not any("delegate" in op.lower() for op in other):
+        raise MeasurementError(f"the GPU delegate was not applied: CPU ops {sorted(set(other))}")
+    return BenchmarkLog(e2e[-1] / 1000.0, stds[-1] / 1000.0 if stds else None, kernels, other)
+
+
+def gpu_family(name: str) -> str | None:
+    """The kernel family of a GPU kernel name, or None for kernels leti does not model."""
+    base = re.sub(r"(_\d+)+$", "", name.split("_linked_:_")[0])
+    if base.startswith("depthwise"):
+        return "merged" if "plus_1x1" in base else "dwconv"
+    if base.startswith("fully_connected"):
+        return "fc"
+    if base.startswith("conv") and "transpose" not in base:
+        return "conv"
+    if base.startswith(("pooling", "mean", "global_pooling")):
+        return "pool"
+    return "concat" if base.startswith("concat") else None
+
+
+def kernel_family(k: Any) -> str | None:
+    """The family of a planned kernel. A 1x1 conv over a 1x1 plane runs as `fully_connected`."""
+    if k.kind == "fc" or (k.kind == "conv" and k.kernel == 1 and (k.h_in, k.w_in) == (1, 1)):
+        return "fc"
+    if k.kind in ("conv", "gconv"):
+        return "conv"
+    if k.kind.startswith("pool"):
+        return "pool"
+    return k.kind if k.kind in ("dwconv", "concat") else None
+
+
+def match_kernels(
+    kernels: list[Any], gpu: list[GpuKernelTime]
+) -> tuple[list[tuple[GpuKernelTime, Any]], Counter, list[str]]:
+    """Pair GPU kernels with planned kernels, in order within each family.
+
+    A family whose counts differ between the log and the plan is rejected whole: the pairing
+    would be ambiguous. Returns (pairs, rejected counts by reason, notes).
+    """
+    order = {
+        fam: [i for i, k in enumerate(kernels) if kernel_family(k) == fam]
+        for fam in ("conv", "dwconv", "fc", "pool", "concat")
+    }
+    used: set[int] = set()
+
+    def take(fam: str, after: int = -1) -> int | None:
+        i = next((i for i in order[fam] if i not in used and i > after), None)
+        if i is not None:
+            used.add(i)
+        return i
+
+    rejected: Counter = Counter()
+    notes: list[str] = []
+    chosen: dict[str, list[tuple[GpuKernelTime, int | None]]] = {f: [] for f in order}
+    for g in gpu:
+        fam = gpu_family(g.name)
+        if fam is None:
+            rejected["unmodelled_kernel"] += 1
+            notes.append(f"{g.name}: no kernel family leti models")
+        elif fam == "merged":  # a depthwise conv and the following 1x1 conv in one kernel
+            dw = take("dwconv")
+            take("conv", -1 if dw is None else dw)
+            rejected["merged_kernel"] += 1
+            notes.append(f"{g.name}: two graph kernels in one GPU kernel, no single geometry")
+        else:
+            chosen[fam].append((g, take(fam)))
+    pairs = []
+    for fam, items in chosen.items():
+        left = [i for i in order[fam] if i not in used]
+        if any(i is None for _, i in items) or left:
+            rejected["count_mismatch"] += len(items)
+            n_plan = sum(i is not None for _, i in items) + len(left)
+            notes.append(f"{fam}: {len(items)} GPU kernels but {n_plan} in the graph's plan")
+            continue
+        pairs += [(g, kernels[i]) for g, i in items]
+    for g, k in pairs:
+        if parse_fused(g.name) != "+".join(k.fused):
+            notes.append(f"{g.name}: linked ops differ from the plan's {'+'.join(k.fused)!r}")
+    return sorted(pairs, key=lambda p: p[0].row), rejected, notes
+
+
+def _merge_table(
+    path: Path, new: pd.DataFrame, columns: tuple[str, ...], key: list[str], sort_by: list[str]
+) -> tuple[bytes, int, int, int]:
+    """(file bytes, rows in it, rows added, rows already present). Old rows are kept as text."""
+
+    def as_text(frame: pd.DataFrame) -> pd.DataFrame:
+        buf = frame.to_csv(index=False, lineterminator="\n")
+        return pd.read_csv(io.StringIO(buf), dtype=str, keep_default_na=False, na_filter=False)
+
+    fresh = as_text(new.loc[:, list(columns)])
+    old = fresh.iloc[0:0]
+    if path.is_file():
+        try:
+            old = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise MeasurementError(f"cannot read {path}: {exc}; nothing was written") from exc
+        if tuple(old.columns) != columns:
+            raise MeasurementError(f"{path}: columns {list(old.columns)} are not the schema's")
+    seen = set(old[key].itertuples(index=False, name=None))
+    is_new = [t not in seen for t in fresh[key].itertuples(index=False, name=None)]
+    merged = pd.concat([old, fresh[is_new]], ignore_index=True)
+    merged = merged.sort_values(
+        sort_by,
+        key=lambda s: pd.to_numeric(s, errors="coerce") if s.name == "source_row" else s,
+        kind="mergesort",
+    )
+    text = merged.to_csv(index=False, lineterminator="\n")
+    return text.encode("utf-8"), len(merged), sum(is_new), len(is_new) - sum(is_new)
+
+
+def _run(cmd: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise DeviceError(f"{what} timed out after {timeout:.0f}s") from exc
+    except OSError as exc:
+        raise DeviceError(f"{what} could not run: {exc}") from exc
+
+
+def _last(text: str, n: int = 800) -> str:
+    return text.strip()[-n:]
+
+
+def run_on_device(args: argparse.Namespace) -> tuple[str, str]:
+    """(benchmark stdout, device serial) after pushing the .tflite and running the benchmark."""
+    adb = shutil.which("adb")
+    if adb is None:
+        raise DeviceError("adb not found on PATH: install Android platform-tools or use --from-log")
+    if args.tflite is None or not Path(args.tflite).is_file():
+        raise MeasurementError(f"--tflite file not found: {args.tflite}")
+    base = [adb, *(["-s", args.serial] if args.serial else [])]
+    state = _run([*base, "get-state"], 20, "adb get-state")
+    if state.returncode != 0 or state.stdout.strip() != "device":
+        who = f"device {args.serial!r}" if args.serial else "a device"
+        raise DeviceError(f"{who} not found or not ready: {_last(state.stderr or state.stdout)}")
+    serial = args.serial or _run([*base, "get-serialno"], 20, "adb get-serialno").stdout.strip()
+    remote = f"{REMOTE_DIR}/{Path(args.tflite).name}"
+    push = _run([*base, "push", str(args.tflite), remote], 300, "adb push")
+    if push.returncode != 0:
+        raise DeviceError(f"adb push failed: {_last(push.stderr or push.stdout)}")
+    flags = [f"--graph={remote}", "--use_gpu=true", "--gpu_precision_loss_allowed=true"]
+    flags += [
+        "--enable_op_profiling=true",
+        f"--num_runs={args.runs}",
+        f"--warmup_runs={args.warmup}",
+    ]
+    remote_cmd = " ".join(shlex.quote(a) for a in [args.benchmark_binary, *flags])
+    bench = _run([*base, "shell", remote_cmd], args.timeout, "benchmark_model")
+    text = f"{bench.stdout}\n{bench.stderr}"  # TFLITE_LOG writes to stderr
+    if bench.returncode != 0 or "Inference timings" not in text:
+        why = _last(bench.stderr) or _last(bench.stdout)
+        raise DeviceError(f"benchmark_model failed (exit {bench.returncode}): {why}")
+    return text, serial or "unknown"
+
+
+def add_measure_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--soc", required=True, help="SoC id or alias of the phone")
+    p.add_argument("--graph", type=Path, required=True, help="the model's ONNX graph")
+    p.add_argument("--tflite", type=Path, default=None, help="the same model as .tflite")
+    p.add_argument("--serial", default=None, help="adb serial (default: the only device)")
+    p.add_argument("--benchmark-binary", default=f"{REMOTE_DIR}/benchmark_model")
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the benchmark")
+    p.add_argument("--source-name", default=None, help="folder name (default: measure-<soc>)")
+    p.add_argument("--measurements-dir", type=Path, default=None, help="default: measurements/")
+    p.add_argument("--from-log", type=Path, default=None, help="parse a captured log instead")
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    from leti.features import kernels_frame
+    from leti.graph import parse_graph
+    from leti.kernels import plan
+    from leti.socs import resolve
+
+    soc = resolve(args.soc)
+    name = args.source_name or f"measure-{soc.id}"
+    if not _SAFE_NAME.match(name) or name == lm.SOURCE_NAME:
+        raise MeasurementError(f"bad --source-name {name!r}: use a plain, new folder name")
+    if args.runs < 1 or args.warmup < 0:
+        raise MeasurementError("--runs must be >= 1 and --warmup >= 0")
+    graph_path = Path(args.graph).resolve()
+    graph = parse_graph(graph_path)
+    kernel_plan = plan(graph, RUNTIME)  # fail on a bad graph before the device
+    out = measurements_dir(args.measurements_dir) / name
+    if args.from_log is not None:
+        try:
+            text = Path(args.from_log).read_text("utf-8", errors="replace")
+        except OSError as exc:
+            raise MeasurementError(f"cannot read log {args.from_log}: {exc}") from exc
+        serial = args.serial or Path(args.from_log).name
+    else:
+        text, serial = run_on_device(args)  # the log is kept: the rows can be re-derived
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        log_path = atomic_write_text(out / "logs" / f"{graph_path.stem}-{stamp}.log", text)
+        print(f"raw log: {log_path} (re-parse with --from-log)")
+    log = parse_benchmark_log(text)
+    model, source = graph_path.stem, f"measure:{serial}"
+    key = {"soc": soc.id, "runtime": RUNTIME, "model": model}
+
+    kernels = list(kernel_plan.kernels)
+    pairs, rejected, notes = match_kernels(kernels, log.kernels)
+    geometry = kernels_frame([k for _, k in pairs])
+    rows = []
+    for j, (g, k) in enumerate(pairs):
+        row = {**key, **geometry.iloc[j].to_dict(), "fused": parse_fused(g.name)}
+        row.update(source_row=g.row, op=_OPS.get(k.kind, k.op_type), w_in=k.w_in, pad=k.pad)
+        row.update(flops=k.flops or None, latency_ms=round(g.avg_ms, 9), gpu_kernel=g.name)
+        rows.append({**row, "source": source})
+    new_kernels, bad = lm.validate_kernel_rows(pd.DataFrame(rows, columns=list(lm.KERNEL_COLUMNS)))
+    rejected.update(bad)
+    params = args.tflite.stat().st_size if args.tflite and Path(args.tflite).is_file() else None
+    e2e_row = {**key, "latency_ms": round(log.e2e_ms, 9), "std_ms": log.std_ms, "source": source}
+    e2e_row.update(flops=sum(la.flops for la in graph.layers) or None, params_bytes=params)
+    e2e_row["graph"] = str(graph_path)
+    new_e2e, bad_e2e = lm.validate_e2e_rows(pd.DataFrame([e2e_row], columns=list(lm.E2E_COLUMNS)))
+    if bad_e2e:
+        raise MeasurementError(f"the end-to-end row is invalid: {bad_e2e}")
+
+    sort_k = ["source", "soc", "runtime", "model", "source_row"]
+    k_bytes, k_rows, k_added, k_kept = _merge_table(
+        out / lm.KERNELS_FILE, new_kernels, lm.KERNEL_COLUMNS, sort_k[1:], sort_k
+    )
+    e_bytes, e_rows, e_added, e_kept = _merge_table(
+        out / lm.E2E_FILE, new_e2e, lm.E2E_COLUMNS, sort_k[1:4], sort_k[:4]
+    )
+    tables = ((lm.KERNELS_FILE, k_bytes, k_rows), (lm.E2E_FILE, e_bytes, e_rows))
+    outputs = {f: {"rows": n, "sha256": hashlib.sha256(b).hexdigest()} for f, b, n in tables}
+    manifest = {"schema_version": lm.SCHEMA_VERSION, "source": name, "tool": "leti measure"}
+    manifest.update(licence=None, outputs=outputs, leti_version=lm._leti_version())
+    atomic_write_bytes(out / lm.KERNELS_FILE, k_bytes)  # manifest last, as the importer does
+    atomic_write_bytes(out / lm.E2E_FILE, e_bytes)
+    atomic_write_json(out / lm.MANIFEST_FILE, manifest)
+
+    std = f" ± {log.std_ms:.3f}" if log.std_ms is not None else ""
+    print(f"{model} on {soc.id} ({RUNTIME}): end-to-end {log.e2e_ms:.3f}{std} ms")
+    if not log.kernels:
+        print(NO_KERNELS)
+    n_bad = sum(rejected.values())
+    print(f"kernels: {k_added} written, {k_kept} already present (kept), {n_bad} rejected")
+    for reason, n in sorted(rejected.items()):
+        print(f"  rejected {reason}: {n}")
+    for note in notes[:20]:
+        print(f"  note: {note}")
+    print(f"end-to-end: {e_added} written, {e_kept} already present (kept)")
+    print(f"into {out}")
+    return 0

@@ -1,0 +1,125 @@
+"""Training on SYNTHETIC measurements built from the onnx wheel's real graphs.
+
+Latencies here are made up by a formula (labelled synthetic throughout); the point is the
+mechanics: grouped folds, out-of-fold corrector inputs, atomic model folders, manifests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leti import fit as fit_mod
+from leti.estimator import Estimator
+from leti.evaluate import evaluate_soc, metrics
+from leti.features import kernels_frame
+from leti.graph import parse_graph
+from leti.kernels import plan
+from leti.measurements import E2E_COLUMNS, KERNEL_COLUMNS
+from tests.helpers import assert_no_pickle as _assert_no_pickle
+
+
+def _synthetic_measurements(root, light_models, soc="snapdragon855", runtime="tflite-gpu"):
+    """kernels.csv + e2e.csv in the documented schema, with synthetic latencies."""
+    krows, erows = [], []
+    rng = np.random.default_rng(0)
+    for path in light_models:
+        p = plan(parse_graph(path), runtime)
+        frame = kernels_frame(p.kernels)
+        flops = np.array([k.flops for k in p.kernels], float)
+        ms = 0.02 + flops / 2e8 * rng.uniform(0.9, 1.1, len(flops))  # synthetic
+        for i, (k, t) in enumerate(zip(p.kernels, ms, strict=True)):
+            row = dict(frame.iloc[i])
+            row.update(
+                soc=soc, runtime=runtime, model=path.stem, source_row=i, op=k.op_type,
+                w_in=k.w_in, pad=k.pad, flops=k.flops, latency_ms=t, gpu_kernel="", source="synthetic",
+            )
+            krows.append(row)
+        erows.append(
+            dict(soc=soc, runtime=runtime, model=path.stem, latency_ms=1.3 * ms.sum() + 0.5,
+                 std_ms=0.1, flops=flops.sum(), params_bytes=0, graph=str(path), source="synthetic")
+        )
+    folder = root / "synthetic"
+    folder.mkdir(parents=True)
+    pd.DataFrame(krows)[list(KERNEL_COLUMNS)].to_csv(folder / "kernels.csv", index=False)
+    pd.DataFrame(erows)[list(E2E_COLUMNS)].to_csv(folder / "e2e.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory, light_models):
+    return _synthetic_measurements(tmp_path_factory.mktemp("meas"), light_models)
+
+
+def test_group_folds_are_disjoint_and_cover_every_model():
+    models = [f"m{i}" for i in range(23)]
+    folds = fit_mod.group_folds(models, 5, seed=3)
+    flat = [m for f in folds for m in f]
+    assert sorted(flat) == sorted(models) and len(flat) == len(set(flat))
+    assert fit_mod.group_folds(models, 5, seed=3) == folds
+
+
+def test_corrector_inputs_come_from_regressors_that_never_saw_the_model(
+    synthetic_root, monkeypatch
+):
+    ts = fit_mod.load_training_set("snapdragon855", "tflite-gpu", synthetic_root)
+    seen: list[set[str]] = []
+    real_fit = fit_mod.fit_kernels
+
+    def spy(ts_, exclude=()):
+        seen.append(set(ts_.kernel_rows["model"]) - set(exclude))
+        return real_fit(ts_, exclude)
+
+    real_predict = fit_mod.predict_kernel_ms
+    predicted_by: dict[str, set[str]] = {}
+
+    def spy_predict(model, plans, names):
+        for n in names:
+            predicted_by[n] = seen[-1]
+        return real_predict(model, plans, names)
+
+    monkeypatch.setattr(fit_mod, "fit_kernels", spy)
+    monkeypatch.setattr(fit_mod, "predict_kernel_ms", spy_predict)
+    held_out = ts.models[:2]
+    train = ts.models[2:]
+    fit_mod.oof_kernel_ms(ts, train, exclude=held_out)
+    assert set(predicted_by) == set(train)
+    for model, trained_on in predicted_by.items():
+        assert model not in trained_on
+        assert not trained_on & set(held_out)
+
+
+def test_fit_and_save_writes_a_loadable_pickle_free_model(synthetic_root, tmp_path, light_models):
+    models_dir = tmp_path / "models"
+    manifest = fit_mod.fit_and_save("snapdragon855", "tflite-gpu", models_dir, synthetic_root)
+    folder = models_dir / "snapdragon855" / "tflite-gpu"
+    assert not list(models_dir.glob("snapdragon855/.*")), "staging folder left behind"
+    _assert_no_pickle(folder)
+    for key in ("model_version", "created", "data", "libraries", "cv", "interval_log_quantiles"):
+        assert key in manifest
+    assert manifest["training"]["graphs"] == len(light_models)
+    est = Estimator.load("Snapdragon 855", models_dir=models_dir)
+    pred = est.predict(light_models[0])
+    assert pred.total_ms > 0 and pred.provenance == "measured"
+    assert pred.interval_ms[0] <= pred.total_ms <= pred.interval_ms[1]
+    assert abs(sum(lt.ms for lt in pred.layers) - pred.total_ms) < 1e-6 * pred.total_ms
+    # a re-fit swaps the folder in whole
+    again = fit_mod.fit_and_save("snapdragon855", "tflite-gpu", models_dir, synthetic_root)
+    assert again["model_version"].startswith("snapdragon855-tflite-gpu-")
+
+
+def test_evaluate_holds_out_whole_models(synthetic_root):
+    r = evaluate_soc("snapdragon855", "tflite-gpu", synthetic_root)
+    assert set(r.scores) == {"leti", "kernel_sum", "flops"}
+    assert sorted(r.predictions["model"]) == sorted(r.predictions["model"].unique())
+    assert r.predictions.groupby("model")["fold"].nunique().max() == 1
+
+
+def test_metrics_on_known_values():
+    m = metrics(np.array([1.0, 1.08, 1.3, 2.0]), np.array([1.0, 1.0, 1.0, 2.5]))
+    assert m["acc5"] == 0.25 and m["acc10"] == 0.5 and m["acc20"] == 0.75
+    assert m["mape"] == pytest.approx((0 + 0.08 + 0.3 + 0.2) / 4)
+    assert m["kendall_tau"] == pytest.approx(2 / 3, abs=0.2)
