@@ -78,9 +78,10 @@ def main() -> None:
         "|---|---|",
         f"| median | {1000 * statistics.median(single):.1f} |",
         f"| p90 | {1000 * sorted(single)[int(0.9 * len(single))]:.1f} |",
-        f"| parse (median) | {1000 * statistics.median(s[0] for s in split):.1f} |",
-        f"| kernels + features (median) | {1000 * statistics.median(s[1] for s in split):.1f} |",
-        f"| regressors + corrector (median) | {1000 * statistics.median(s[2] for s in split):.1f} |",
+        *(
+            f"| {stage} (median) | {1000 * statistics.median(s[i] for s in split):.1f} |"
+            for i, stage in enumerate(("parse", "kernels + features", "regressors + corrector"))
+        ),
         "",
         "Goal: ≤ 50 ms.",
         "",

@@ -11,6 +11,11 @@ ncnn-vulkan) it is the SoC's tflite-gpu estimator (measured or transfer) priced 
 target runtime's fusion rules: the timings are all we know of that runtime, and the map
 absorbs the runtime's different speed.
 
+Which base: the SoC's own (above), or, when the timings clearly say so, the transfer model
+priced with one of the measured SoCs' descriptors (a "profile": e.g. a new Mali GPU that
+behaves like the Exynos 9820 rather than like its spec sheet). A profile replaces the own base
+only when its leave-one-out error on the timings is below `PROFILE_GAIN` x the own base's.
+
 Fit: the offset `a` is free; the slope is ridge-regressed towards 1 (prior b = 1,
 `SLOPE_PRIOR` = lambda on (b - 1)), so with k = 3 timings the map is essentially a scale and
 it only tilts once the timings span enough range to say so. Interval: leave-one-out residuals
@@ -499,7 +504,8 @@ def read_calibration(models_dir: Path | None, soc: str, runtime: str) -> dict | 
     except (OSError, ValueError) as exc:
         log.warning("%s: unreadable calibration ignored: %s", path, exc)
         return None
-    if doc.get("format") != FORMAT or not {"a", "b", "interval_log_quantiles"} <= set(doc):
+    required = {"a", "b", "interval_log_quantiles", "base", "soc", "runtime", "k", "model_version"}
+    if doc.get("format") != FORMAT or not required <= set(doc):
         log.warning("%s: not a %s document; ignored", path, FORMAT)
         return None
     return doc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LetiError(Exception):
     """Base class: a clear message for a person, plus an HTTP status for the service."""
@@ -63,3 +65,13 @@ class ModelNotFoundError(LetiError):
 
 class MeasurementError(LetiError):
     kind = "invalid_measurements"
+
+
+class ServiceError(LetiError):
+    """A request problem found by the service itself (not by the estimator)."""
+
+    def __init__(self, status: int, kind: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.extra = extra

@@ -29,6 +29,7 @@ import pandas as pd
 
 from leti import measurements as lm
 from leti.errors import MeasurementError
+from leti.importers import SOURCE_NAME
 from leti.measurements import parse_fused
 from leti.store import atomic_write_bytes, atomic_write_json, atomic_write_text, measurements_dir
 
@@ -301,7 +302,7 @@ def run_measure(args: argparse.Namespace) -> int:
 
     soc = resolve(args.soc)
     name = args.source_name or f"measure-{soc.id}"
-    if not _SAFE_NAME.match(name) or name == lm.SOURCE_NAME:
+    if not _SAFE_NAME.match(name) or name == SOURCE_NAME:
         raise MeasurementError(f"bad --source-name {name!r}: use a plain, new folder name")
     if args.runs < 1 or args.warmup < 0:
         raise MeasurementError("--runs must be >= 1 and --warmup >= 0")

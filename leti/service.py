@@ -3,7 +3,7 @@
     app = create_app()                     # config from the environment
     app = create_app({"MODELS_DIR": "m"})  # or explicit
 
-Endpoints (see `leti.openapi` and docs/api.md): POST /predict, POST /predict/batch, GET /socs,
+Endpoints (see `leti.openapi` and the README): POST /predict, POST /predict/batch, GET /socs,
 GET /healthz, GET /openapi.json, GET /metrics. Every error is JSON `{"error": kind, "detail": ...}`.
 
 State that outlives a request lives on the app, never at module level: the estimator cache (one
@@ -14,16 +14,13 @@ Estimators are immutable after load, so handler threads share them freely. A req
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib import metadata
-from typing import IO, Any
+from typing import Any
 
 import onnx
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -33,11 +30,25 @@ from leti import socs
 from leti.errors import (
     GraphError,
     LetiError,
+    ServiceError,
     SymbolicShapeError,
     TooManyLayersError,
     UnknownRuntimeError,
     UnknownSocError,
 )
+from leti.http_input import (  # MAX_DIM, JSON_TYPE: re-exported for callers of leti.service
+    JSON_TYPE,  # noqa: F401
+    MAX_DIM,  # noqa: F401
+    MULTIPART,
+    RAW_TYPES,
+    _batch_inputs,
+    _param,
+    _parse_bool,
+    _parse_input_shape,
+    _read_capped,
+    _require_type,
+)
+from leti.metrics import Metrics
 from leti.store import models_dir as resolve_models_dir
 
 log = logging.getLogger("leti.service")
@@ -45,13 +56,6 @@ log = logging.getLogger("leti.service")
 EXTENSION = "leti"
 DEFAULT_MAX_UPLOAD_MB = 64
 DEFAULT_MAX_BATCH = 256
-MAX_DIM = 1 << 20  # a single input dim above this is a typo, not a model
-_READ_CHUNK = 1 << 16
-
-# Content types accepted as "raw ONNX bytes".
-RAW_TYPES = ("application/octet-stream", "application/onnx", "application/x-onnx")
-MULTIPART = "multipart/form-data"
-JSON_TYPE = "application/json"
 
 # Names for HTTP errors that werkzeug raises (routing, body size, ...).
 _HTTP_KINDS = {
@@ -64,16 +68,6 @@ _HTTP_KINDS = {
     500: "internal_error",
     503: "unavailable",
 }
-
-
-class ServiceError(LetiError):
-    """A request problem found by the service itself (not by the estimator)."""
-
-    def __init__(self, status: int, kind: str, message: str, **extra: Any):
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.extra = extra
 
 
 def version() -> str:
@@ -139,100 +133,6 @@ def load_config(config: dict | None = None) -> dict[str, Any]:
     }
     cfg.update(config or {})
     return cfg
-
-
-# --------------------------------------------------------------------------------------------
-# metrics (Prometheus text format, no dependency)
-
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-def _labels(**kv: str) -> str:
-    def esc(v: str) -> str:
-        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    return "{" + ",".join(f'{k}="{esc(str(v))}"' for k, v in kv.items()) + "}"
-
-
-class Metrics:
-    """Counters and a latency histogram; label values come from a bounded set (route rules,
-    status codes, error kinds), never from raw request paths."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.errors: dict[tuple[str, str], int] = {}
-        self.graphs: dict[str, int] = {}
-        self.hist: dict[str, list[float]] = {}  # endpoint -> bucket counts + [sum, count]
-
-    def observe(self, endpoint: str, method: str, status: int, seconds: float, error: str | None):
-        with self._lock:
-            key = (endpoint, method, status)
-            self.requests[key] = self.requests.get(key, 0) + 1
-            if error:
-                ekey = (endpoint, error)
-                self.errors[ekey] = self.errors.get(ekey, 0) + 1
-            h = self.hist.setdefault(endpoint, [0.0] * (len(_BUCKETS) + 2))
-            for i, edge in enumerate(_BUCKETS):
-                if seconds <= edge:
-                    h[i] += 1
-            h[-2] += seconds
-            h[-1] += 1
-
-    def count_graphs(self, outcome: str, n: int = 1) -> None:
-        with self._lock:
-            self.graphs[outcome] = self.graphs.get(outcome, 0) + n
-
-    def render(self, estimators_loaded: int) -> str:
-        with self._lock:
-            requests = sorted(self.requests.items())
-            errors = sorted(self.errors.items())
-            graphs = sorted(self.graphs.items())
-            hist = {k: list(v) for k, v in sorted(self.hist.items())}
-        out = [
-            "# HELP leti_http_requests_total HTTP requests by endpoint, method and status.",
-            "# TYPE leti_http_requests_total counter",
-        ]
-        for (ep, method, status), n in requests:
-            out.append(
-                f"leti_http_requests_total{_labels(endpoint=ep, method=method, status=status)} {n}"
-            )
-        out += [
-            "# HELP leti_http_errors_total Error responses by endpoint and error kind.",
-            "# TYPE leti_http_errors_total counter",
-        ]
-        for (ep, kind), n in errors:
-            out.append(f"leti_http_errors_total{_labels(endpoint=ep, error=kind)} {n}")
-        out += [
-            "# HELP leti_graphs_total Graphs received, by outcome (predicted or an error kind).",
-            "# TYPE leti_graphs_total counter",
-        ]
-        for outcome, n in graphs:
-            out.append(f"leti_graphs_total{_labels(outcome=outcome)} {n}")
-        out += [
-            "# HELP leti_http_request_duration_seconds Time spent handling a request.",
-            "# TYPE leti_http_request_duration_seconds histogram",
-        ]
-        for ep, h in hist.items():
-            for i, edge in enumerate(_BUCKETS):
-                out.append(
-                    "leti_http_request_duration_seconds_bucket"
-                    f"{_labels(endpoint=ep, le=repr(edge))} {int(h[i])}"
-                )
-            out.append(
-                "leti_http_request_duration_seconds_bucket"
-                f"{_labels(endpoint=ep, le='+Inf')} {int(h[-1])}"
-            )
-            out.append(f"leti_http_request_duration_seconds_sum{_labels(endpoint=ep)} {h[-2]:.6f}")
-            out.append(
-                f"leti_http_request_duration_seconds_count{_labels(endpoint=ep)} {int(h[-1])}"
-            )
-        out += [
-            "# HELP leti_estimators_loaded Estimators held in memory by this process.",
-            "# TYPE leti_estimators_loaded gauge",
-            f"leti_estimators_loaded {estimators_loaded}",
-        ]
-        return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,99 +227,7 @@ def state() -> ServiceState:
 
 
 # --------------------------------------------------------------------------------------------
-# request parsing helpers
-
-
-def _mimetype() -> str:
-    return (request.mimetype or "").lower()
-
-
-def _param(name: str, body: dict | None = None) -> Any:
-    """A parameter from the JSON body, the multipart form, or the query string, in that order."""
-    if body is not None and body.get(name) is not None:
-        return body[name]
-    if _mimetype() == MULTIPART and name in request.form:
-        return request.form[name]
-    return request.args.get(name)
-
-
-def _read_capped(stream: IO[bytes], limit: int) -> bytes:
-    """Read a body or an uploaded file, refusing (413) the moment it passes `limit` bytes.
-
-    Content-Length is checked before any read; this guards bodies without one (chunked)."""
-    buf = bytearray()
-    while True:
-        chunk = stream.read(_READ_CHUNK)
-        if not chunk:
-            return bytes(buf)
-        buf += chunk
-        if len(buf) > limit:
-            raise ServiceError(
-                413,
-                "payload_too_large",
-                f"body exceeds the {limit / (1 << 20):g} MB limit (LETI_MAX_UPLOAD_MB)",
-            )
-
-
-def _parse_bool(value: Any, name: str, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ServiceError(400, "invalid_parameter", f"'{name}' must be true or false, got {value!r}")
-
-
-def _parse_input_shape(value: Any) -> dict[str, list[int]] | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError) as exc:
-            raise ServiceError(
-                400,
-                "invalid_input_shape",
-                'input_shape must be JSON like {"input": [1, 3, 224, 224]}: ' + str(exc),
-            ) from None
-    if not isinstance(value, dict) or not value:
-        raise ServiceError(
-            400,
-            "invalid_input_shape",
-            'input_shape must be an object like {"input": [1,3,224,224]}',
-        )
-    shapes: dict[str, list[int]] = {}
-    for name, dims in value.items():
-        ok = (
-            isinstance(dims, list)
-            and 0 < len(dims) <= 16
-            and all(type(d) is int and 0 < d <= MAX_DIM for d in dims)
-        )
-        if not ok:
-            raise ServiceError(
-                400,
-                "invalid_input_shape",
-                f"input_shape[{name!r}] must be a list of 1-16 positive integers <= {MAX_DIM}",
-            )
-        shapes[str(name)] = list(dims)
-    return shapes
-
-
-def _require_type(allowed: Iterable[str]) -> str:
-    mt = _mimetype()
-    allowed = tuple(allowed)
-    if mt not in allowed:
-        raise ServiceError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type {mt or '(none)'!r} is not accepted here; use one of: "
-            + ", ".join(allowed),
-        )
-    return mt
+# error documents
 
 
 def _error_doc(exc: LetiError) -> dict[str, Any]:
@@ -465,49 +273,6 @@ def predict() -> Response:
         raise
     st.metrics.count_graphs("predicted")
     return jsonify(pred.to_dict(layers=layers))
-
-
-def _batch_inputs(st: ServiceState) -> tuple[list[bytes | LetiError], dict | None]:
-    """The graphs of a batch request, in order; a slot that cannot even be decoded holds its
-    error instead of bytes."""
-    mt = _require_type((MULTIPART, JSON_TYPE))
-    if mt == MULTIPART:
-        files = request.files.getlist("model")
-        if len(files) > st.max_batch:
-            raise _batch_too_large(len(files), st.max_batch)
-        return [_read_capped(f.stream, st.max_bytes) for f in files], None
-    raw = _read_capped(request.stream, st.max_bytes)
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ServiceError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("graphs"), list):
-        raise ServiceError(
-            400,
-            "invalid_json",
-            'body must be an object like {"soc": "...", "graphs": ["<base64 ONNX>", ...]}',
-        )
-    graphs = body["graphs"]
-    if len(graphs) > st.max_batch:
-        raise _batch_too_large(len(graphs), st.max_batch)
-    out: list[bytes | LetiError] = []
-    for i, item in enumerate(graphs):
-        if not isinstance(item, str):
-            out.append(GraphError(f"graphs[{i}] must be a base64 string"))
-            continue
-        try:
-            out.append(base64.b64decode(item, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            out.append(GraphError(f"graphs[{i}] is not valid base64: {exc}"))
-    return out, body
-
-
-def _batch_too_large(n: int, limit: int) -> ServiceError:
-    return ServiceError(
-        413,
-        "batch_too_large",
-        f"{n} graphs in one batch; this server accepts at most {limit} (LETI_MAX_BATCH)",
-    )
 
 
 @bp.post("/predict/batch")

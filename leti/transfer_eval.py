@@ -323,6 +323,7 @@ class TransferReport:
                             "leti": self.calibrated[k][s].leti,
                             "flops": self.calibrated[k][s].flops,
                             "coverage90": self.calibrated[k][s].coverage,
+                            "bases_kept": self.calibrated[k][s].picks,
                         }
                         for k in KS
                     },
@@ -335,7 +336,12 @@ class TransferReport:
                     "zero_shot": r.zero_shot,
                     "zero_shot_baseline": r.zero_shot_baseline,
                     **{
-                        f"k{k}": {"leti": c.leti, "flops": c.flops, "coverage90": c.coverage}
+                        f"k{k}": {
+                            "leti": c.leti,
+                            "flops": c.flops,
+                            "coverage90": c.coverage,
+                            "bases_kept": c.picks,
+                        }
                         for k, c in r.calibrated.items()
                     },
                 }
@@ -403,12 +409,18 @@ class TransferReport:
             )
         lines += [
             "",
-            "Calibrated on k timings (leti: log-affine map of the transfer prediction; FLOPs: "
-            "log-log FLOPs fit on the same k timings):",
+            "Calibrated on k timings. leti: exactly what `leti calibrate` does "
+            "(`leti.calibration.select_and_fit`): a log-affine map, slope shrunk to 1, fitted "
+            "on the SoC's own transfer prediction, or on the transfer model priced with one of "
+            "the measured training SoCs' descriptors (a *profile*) when that profile's "
+            "leave-one-out error on the k timings is below "
+            f"{calibration.PROFILE_GAIN} x the own base's. FLOPs: log-log FLOPs fit on the "
+            "same k timings. 'own base kept' = share of calibrations that kept the SoC's own "
+            "transfer prediction.",
             "",
             "| held-out SoC | k | ±10% | ±20% | MAPE | τ | 90% interval coverage "
-            "| FLOPs ±20% | FLOPs MAPE | FLOPs τ |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| own base kept | FLOPs ±20% | FLOPs MAPE | FLOPs τ |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in self.zero:
             for k in KS:
@@ -417,6 +429,7 @@ class TransferReport:
                 lines.append(
                     f"| {s} | {k} | {_pct(m['acc10'])} | {_pct(m['acc20'])} | "
                     f"{_pct(m['mape'])} | {_tau(m['kendall_tau'])} | {_pct(r.coverage)} | "
+                    f"{_pct(r.picks.get('transfer', 0.0))} | "
                     f"{_pct(f['acc20'])} | {_pct(f['mape'])} | {_tau(f['kendall_tau'])} |"
                 )
         lines += ["", "Medians over the held-out SoCs:", ""]
@@ -443,7 +456,8 @@ class TransferReport:
                 "Base: the transfer model trained on all six measured SoCs (tflite-gpu), given "
                 "the GPU's approximate descriptors (`leti/data/ncnn_gpus.json`) and the "
                 "ncnn-vulkan fusion rules, exactly as `leti calibrate --runtime ncnn-vulkan` "
-                "does for a SoC in the registry. Calibrate on k of the GPU's models, test on the "
+                "does for a SoC in the registry (including the choice among profiles). "
+                "Calibrate on k of the GPU's models, test on the "
                 "rest (k = 10 only where at least 3 test models remain). FLOPs: log-log fit on "
                 "the same k timings. Zero-shot baseline: the nearest measured SoC's FLOPs "
                 "regression scaled by the FP16 peak ratio.",

@@ -27,8 +27,16 @@ MEASURED = [
     "apple-a12",
 ]
 ANSWER_KEYS = {
-    "soc", "runtime", "total_ms", "interval_ms", "layers", "unsupported", "model_version",
-    "provenance", "kernel_sum_ms", "notes",
+    "soc",
+    "runtime",
+    "total_ms",
+    "interval_ms",
+    "layers",
+    "unsupported",
+    "model_version",
+    "provenance",
+    "kernel_sum_ms",
+    "notes",
 }
 
 
@@ -104,15 +112,20 @@ def test_bad_input_errors(est):
         Estimator.load("snapdragon855", runtime="coreml", models_dir=MODELS)
     with pytest.raises(GraphError):
         est.predict(b"\x08\x01garbage" * 10)
-    results = est.predict_many([b"not onnx", onnx.helper.make_model(onnx.helper.make_graph(
-        [], "empty", [], []))])
+    results = est.predict_many(
+        [b"not onnx", onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], []))]
+    )
     assert all(isinstance(r, GraphError) for r in results)
 
 
 def test_predict_many_keeps_order(est, light_models):
     results = est.predict_many([*light_models[:2], b"junk", light_models[2]])
-    assert [type(r).__name__ for r in results] == ["Prediction", "Prediction", "GraphError",
-                                                    "Prediction"]
+    assert [type(r).__name__ for r in results] == [
+        "Prediction",
+        "Prediction",
+        "GraphError",
+        "Prediction",
+    ]
     assert isinstance(results[0], Prediction)
 
 

@@ -6,8 +6,6 @@ mechanics: grouped folds, out-of-fold corrector inputs, atomic model folders, ma
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -34,13 +32,31 @@ def _synthetic_measurements(root, light_models, soc="snapdragon855", runtime="tf
         for i, (k, t) in enumerate(zip(p.kernels, ms, strict=True)):
             row = dict(frame.iloc[i])
             row.update(
-                soc=soc, runtime=runtime, model=path.stem, source_row=i, op=k.op_type,
-                w_in=k.w_in, pad=k.pad, flops=k.flops, latency_ms=t, gpu_kernel="", source="synthetic",
+                soc=soc,
+                runtime=runtime,
+                model=path.stem,
+                source_row=i,
+                op=k.op_type,
+                w_in=k.w_in,
+                pad=k.pad,
+                flops=k.flops,
+                latency_ms=t,
+                gpu_kernel="",
+                source="synthetic",
             )
             krows.append(row)
         erows.append(
-            dict(soc=soc, runtime=runtime, model=path.stem, latency_ms=1.3 * ms.sum() + 0.5,
-                 std_ms=0.1, flops=flops.sum(), params_bytes=0, graph=str(path), source="synthetic")
+            dict(
+                soc=soc,
+                runtime=runtime,
+                model=path.stem,
+                latency_ms=1.3 * ms.sum() + 0.5,
+                std_ms=0.1,
+                flops=flops.sum(),
+                params_bytes=0,
+                graph=str(path),
+                source="synthetic",
+            )
         )
     folder = root / "synthetic"
     folder.mkdir(parents=True)

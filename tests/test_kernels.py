@@ -36,7 +36,13 @@ def _model(nodes, inits, out="y", out_shape=None) -> onnx.ModelProto:
 
 def _conv(name: str, x: str, y: str, group: int = 1, k: int = 3) -> onnx.NodeProto:
     return helper.make_node(
-        "Conv", [x, f"{name}.w"], [y], name=name, kernel_shape=[k, k], pads=[k // 2] * 4, group=group
+        "Conv",
+        [x, f"{name}.w"],
+        [y],
+        name=name,
+        kernel_shape=[k, k],
+        pads=[k // 2] * 4,
+        group=group,
     )
 
 
@@ -53,8 +59,10 @@ def _bn(x: str, y: str) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
 
 def test_conv_bn_relu_is_one_kernel_on_tflite_and_vulkan():
     bn, bn_w = _bn("c", "b")
-    m = _model([_conv("conv", "x", "c"), bn, helper.make_node("Relu", ["b"], ["y"], name="r")],
-               [_conv_w("conv"), *bn_w])
+    m = _model(
+        [_conv("conv", "x", "c"), bn, helper.make_node("Relu", ["b"], ["y"], name="r")],
+        [_conv_w("conv"), *bn_w],
+    )
     for runtime in ("tflite-gpu", "pytorch-vulkan"):
         p = plan(parse_graph(m), runtime)
         assert len(p.kernels) == 1, runtime
@@ -141,7 +149,7 @@ def test_kernel_matching_on_the_measured_models(shared_dir, tmp_path):
     """The ONNX-derived kernels must match >= 95% of the delegate's measured conv-like ops."""
     import sys
 
-    from leti.measurements import import_mobile_ml_benchmark
+    from leti.importers import import_mobile_ml_benchmark
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     bench = pytest.importorskip("kernel_matching")

@@ -1,0 +1,442 @@
+"""Built-in shape propagation: per-op rules for outputs ONNX's own inference left unknown.
+
+`leti.graph` runs ONNX's (C++) shape inference first; these rules fill in what it could not
+(old opsets, odd exporters). They read a node through `_Node` and small constant inputs
+(Reshape targets, axes, pads, Resize scales) through `_Consts`, and a rule fed nonsense yields
+None rather than raising. Nothing here imports `leti.graph`: the dependency runs one way.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import onnx
+from onnx import TensorProto
+
+from leti.errors import GraphError
+from leti.records import Shape
+
+_CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+_POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool"})
+_GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+_SAME_AS_INPUT = frozenset(
+    {
+        "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu",
+        "Selu", "Celu", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt",
+        "Reciprocal", "Neg", "Abs", "Ceil", "Floor", "Round", "Sign", "Sin", "Cos", "Not",
+        "ThresholdedRelu", "Softmax", "LogSoftmax", "Hardmax", "LRN", "Identity", "Cast",
+        "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+        "GroupNormalization", "Dropout", "CastLike", "Shrink", "IsNaN", "IsInf",
+        "MeanVarianceNormalization", "LpNormalization", "CumSum",
+    }
+)  # fmt: skip
+_BROADCAST = frozenset(
+    {
+        "Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean", "PRelu", "Where",
+        "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor",
+        "Mod", "BitShift",
+    }
+)  # fmt: skip
+_REDUCE_OPS = frozenset(
+    {
+        "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+        "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
+    }
+)  # fmt: skip
+
+
+def _numel(dims: Iterable[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+# ---------------------------------------------------------------------------- nodes and constants
+
+
+def _tensor_values(t: TensorProto, limit: int = 1024) -> tuple[float | int, ...] | None:
+    """Values of a small int/float tensor (shape targets, axes, scales), else None."""
+    n = _numel(t.dims)
+    if n > limit or t.data_location == TensorProto.EXTERNAL:
+        return None
+    dt = t.data_type
+    fmt = {
+        TensorProto.INT64: "q",
+        TensorProto.INT32: "i",
+        TensorProto.FLOAT: "f",
+        TensorProto.DOUBLE: "d",
+    }.get(dt)
+    if fmt is None:
+        return None
+    if t.raw_data:
+        size = struct.calcsize(fmt)
+        if len(t.raw_data) != n * size:
+            return None
+        return struct.unpack(f"<{n}{fmt}", t.raw_data)
+    field = {
+        TensorProto.INT64: t.int64_data,
+        TensorProto.INT32: t.int32_data,
+        TensorProto.FLOAT: t.float_data,
+        TensorProto.DOUBLE: t.double_data,
+    }[dt]
+    return tuple(field) if len(field) == n else None
+
+
+class _Consts:
+    """Look-up of small constant values by tensor name, decoded lazily and only when asked."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, TensorProto] = {}
+        self.literal: dict[str, tuple[float | int, ...]] = {}
+
+    def ints(self, name: str) -> tuple[int, ...] | None:
+        values = self.values(name)
+        if values is None:
+            return None
+        try:
+            return tuple(int(v) for v in values)
+        except (ValueError, OverflowError):
+            return None
+
+    def values(self, name: str) -> tuple[float | int, ...] | None:
+        if not name:
+            return None
+        if name in self.literal:
+            return self.literal[name]
+        t = self.tensors.get(name)
+        return None if t is None else _tensor_values(t)
+
+
+class _Node:
+    """A NodeProto's fields read once: protobuf accessors build new objects on every access."""
+
+    __slots__ = ("op", "name", "inputs", "outputs", "proto")
+
+    def __init__(self, proto: onnx.NodeProto) -> None:
+        self.proto = proto
+        self.op: str = proto.op_type
+        self.name: str = proto.name
+        self.inputs: tuple[str, ...] = tuple(proto.input)
+        self.outputs: tuple[str, ...] = tuple(proto.output)
+        _check_text((self.op, self.name, *self.inputs, *self.outputs), "node")
+
+
+def _check_text(names: Iterable[Any], where: str) -> None:
+    """protobuf hands back invalid UTF-8 as bytes; a name must be text to be looked up."""
+    for n in names:
+        if type(n) is not str:
+            raise GraphError(f"{where} name {n!r} is not valid UTF-8")
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def _conv_geometry(
+    op: str, attrs: Mapping[str, Any], x: Shape | None, w: Shape | None
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
+    """(kernel, strides, pads, dilations) in ONNX rank, with `auto_pad` turned into pads."""
+    kernel = tuple(attrs.get("kernel_shape", ()))
+    if not kernel and op in _CONV_OPS and w is not None and len(w) > 2:
+        kernel = tuple(w[2:])
+    if not kernel:
+        return None
+    r = len(kernel)
+    strides = tuple(attrs.get("strides", ())) or (1,) * r
+    dilations = tuple(attrs.get("dilations", ())) or (1,) * r
+    pads = tuple(attrs.get("pads", ())) or (0,) * (2 * r)
+    if len(strides) != r or len(dilations) != r or len(pads) != 2 * r:
+        return None
+    auto_pad = attrs.get("auto_pad", "NOTSET")
+    if auto_pad == "VALID":
+        pads = (0,) * (2 * r)
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER") and x is not None and len(x) == r + 2:
+        begin, end = [], []
+        for i in range(r):
+            extent = (kernel[i] - 1) * dilations[i] + 1
+            if op == "ConvTranspose":
+                out_pad = tuple(attrs.get("output_padding", ())) or (0,) * r
+                total = strides[i] * (x[2 + i] - 1) + out_pad[i] + extent - x[2 + i] * strides[i]
+            else:
+                out = -(-x[2 + i] // strides[i])
+                total = (out - 1) * strides[i] + extent - x[2 + i]
+            total = max(total, 0)
+            small, large = total // 2, total - total // 2
+            begin.append(small if auto_pad == "SAME_UPPER" else large)
+            end.append(large if auto_pad == "SAME_UPPER" else small)
+        pads = tuple(begin) + tuple(end)
+    return kernel, strides, pads, dilations
+
+
+def _spatial_out(
+    op: str,
+    attrs: Mapping[str, Any],
+    x: Shape,
+    geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+) -> list[int]:
+    kernel, strides, pads, dilations = geometry
+    r = len(kernel)
+    out = []
+    for i in range(r):
+        extent = (kernel[i] - 1) * dilations[i] + 1
+        padded = x[2 + i] + pads[i] + pads[r + i]
+        if op == "ConvTranspose":
+            out_pad = tuple(attrs.get("output_padding", ())) or (0,) * r
+            out.append(strides[i] * (x[2 + i] - 1) + out_pad[i] + extent - pads[i] - pads[r + i])
+        elif op in _POOL_OPS and attrs.get("ceil_mode", 0):
+            o = -(-(padded - extent) // strides[i]) + 1
+            if (o - 1) * strides[i] >= x[2 + i] + pads[i]:
+                o -= 1  # the last window must start inside the input or left padding
+            out.append(o)
+        else:
+            out.append((padded - extent) // strides[i] + 1)
+    return out
+
+
+# ---------------------------------------------------------------------------- fallback
+
+
+def _broadcast(shapes: Sequence[Shape | None]) -> Shape | None:
+    if not shapes or any(s is None for s in shapes):
+        return None
+    rank = max(len(s) for s in shapes)  # type: ignore[arg-type]
+    out = [1] * rank
+    for s in shapes:
+        assert s is not None
+        for i, d in enumerate(s, start=rank - len(s)):
+            if d == out[i] or d == 1:
+                continue
+            if out[i] == 1:
+                out[i] = d
+            else:
+                return None
+    return tuple(out)
+
+
+def _axes(node: _Node, attrs: Mapping[str, Any], consts: _Consts, index: int) -> Any:
+    """Axes from the attribute (old opsets) or the constant input (new ones)."""
+    if "axes" in attrs:
+        return tuple(attrs["axes"])
+    if len(node.inputs) > index and node.inputs[index]:
+        return consts.ints(node.inputs[index])
+    return ()
+
+
+def _infer_node(
+    node: _Node,
+    attrs: Mapping[str, Any],
+    ins: Sequence[Shape | None],
+    consts: _Consts,
+) -> list[Shape | None] | None:
+    """Built-in shape rules for the common ops, for when ONNX inference left outputs unknown."""
+    op = node.op
+    x = ins[0] if ins else None
+    if op in _SAME_AS_INPUT:
+        if op == "Dropout":
+            return [x, x]  # output and mask
+        return [x]  # extra outputs (BN running stats, LN mean) differ: leave them unknown
+    if op in _BROADCAST:
+        return [_broadcast(ins)]
+    if op == "ConstantOfShape" and node.inputs:
+        return [consts.ints(node.inputs[0])]
+    if x is None:
+        return None
+    rank = len(x)
+    if op in _CONV_OPS or op in _POOL_OPS:
+        w = ins[1] if op in _CONV_OPS and len(ins) > 1 else None
+        geometry = _conv_geometry(op, attrs, x, w)
+        if geometry is None or rank != len(geometry[0]) + 2:
+            return None
+        if op in _CONV_OPS:
+            if w is None:
+                return None
+            spatial = attrs.get("output_shape") if op == "ConvTranspose" else None
+            c = w[0] if op == "Conv" else w[1] * int(attrs.get("group", 1))
+        else:
+            spatial, c = None, x[1]
+        spatial = list(spatial) if spatial else _spatial_out(op, attrs, x, geometry)
+        out = (x[0], c, *spatial)
+        return [out] * len(node.outputs)  # MaxPool's Indices match its output
+    if op in _GLOBAL_POOLS:
+        return [(*x[:2], *([1] * (rank - 2)))]
+    if op in _REDUCE_OPS:
+        axes = _axes(node, attrs, consts, 1)
+        if axes is None:
+            return None
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                return [x]
+            axes = tuple(range(rank))
+        axes = {a % rank for a in axes}
+        keep = attrs.get("keepdims", 1)
+        return [tuple(1 if i in axes else d for i, d in enumerate(x) if keep or i not in axes)]
+    if op == "Gemm" and len(ins) > 1 and ins[1] is not None:
+        a, b = x, ins[1]
+        m = a[1] if attrs.get("transA", 0) else a[0]
+        n = b[0] if attrs.get("transB", 0) else b[1]
+        return [(m, n)]
+    if op == "MatMul" and len(ins) > 1 and ins[1] is not None:
+        return [_matmul_shape(x, ins[1])]
+    if op == "Flatten":
+        axis = attrs.get("axis", 1) % (rank + 1) if rank else 0
+        return [(_numel(x[:axis]), _numel(x[axis:]))]
+    if op == "Reshape":
+        target = consts.ints(node.inputs[1]) if len(node.inputs) > 1 else None
+        if target is None and "shape" in attrs:  # opset < 5
+            target = tuple(attrs["shape"])
+        return None if target is None else [_reshape(x, target, attrs.get("allowzero", 0))]
+    if op == "Concat":
+        if any(s is None or len(s) != rank for s in ins):
+            return None
+        axis = attrs.get("axis", 1) % rank
+        total = sum(s[axis] for s in ins)  # type: ignore[index]
+        return [(*x[:axis], total, *x[axis + 1 :])]
+    if op == "Transpose":
+        perm = attrs.get("perm") or tuple(reversed(range(rank)))
+        return [tuple(x[p] for p in perm)]
+    if op == "Squeeze":
+        axes = _axes(node, attrs, consts, 1)
+        if axes is None:
+            return None
+        drop = {a % rank for a in axes} if axes else {i for i, d in enumerate(x) if d == 1}
+        return [tuple(d for i, d in enumerate(x) if i not in drop)]
+    if op == "Unsqueeze":
+        axes = _axes(node, attrs, consts, 1)
+        if not axes:
+            return None
+        out_rank = rank + len(axes)
+        new = {a % out_rank for a in axes}
+        it = iter(x)
+        return [tuple(1 if i in new else next(it) for i in range(out_rank))]
+    if op == "Shape":
+        return [(rank,)]
+    if op == "Pad":
+        pads = attrs.get("pads") or attrs.get("paddings")
+        if pads is None and len(node.inputs) > 1:
+            pads = consts.ints(node.inputs[1])
+        if pads is None or len(pads) != 2 * rank:
+            return None
+        return [tuple(d + pads[i] + pads[rank + i] for i, d in enumerate(x))]
+    if op == "Slice":
+        return _slice_shape(node, attrs, x, consts)
+    if op in ("Resize", "Upsample"):
+        return _resize_shape(node, attrs, x, consts)
+    if op == "Split":
+        return _split_shapes(node, attrs, x, consts)
+    return None
+
+
+def _matmul_shape(a: Shape, b: Shape) -> Shape | None:
+    if not a or not b:
+        return None
+    a2 = (1, *a) if len(a) == 1 else a
+    b2 = (*b, 1) if len(b) == 1 else b
+    if a2[-1] != b2[-2]:
+        return None
+    batch = _broadcast([a2[:-2], b2[:-2]])
+    if batch is None:
+        return None
+    out = [*batch, a2[-2], b2[-1]]
+    if len(b) == 1:
+        out.pop()
+    if len(a) == 1:
+        out.pop(-2 if len(b) > 1 else -1)
+    return tuple(out)
+
+
+def _reshape(x: Shape, target: Sequence[int], allowzero: int) -> Shape | None:
+    out = [x[i] if d == 0 and not allowzero and i < len(x) else d for i, d in enumerate(target)]
+    if out.count(-1) > 1 or any(d < -1 for d in out):
+        return None
+    if -1 in out:
+        known = _numel(d for d in out if d != -1)
+        if known == 0 or _numel(x) % known:
+            return None
+        out[out.index(-1)] = _numel(x) // known
+    return tuple(out) if _numel(out) == _numel(x) else None
+
+
+def _resize_shape(
+    node: _Node, attrs: Mapping[str, Any], x: Shape, consts: _Consts
+) -> list[Shape | None] | None:
+    names = list(node.inputs)
+    if node.op == "Resize" and len(names) >= 4 and names[3]:
+        sizes = consts.ints(names[3])
+        return None if sizes is None or len(sizes) != len(x) else [tuple(sizes)]
+    scales: Any = attrs.get("scales")
+    if scales is None:
+        index = 2 if node.op == "Resize" and len(names) >= 3 else 1
+        scales = consts.values(names[index]) if len(names) > index else None
+    if not scales or len(scales) != len(x):
+        return None
+    return [tuple(int(math.floor(d * s)) for d, s in zip(x, scales, strict=True))]
+
+
+def _slice_shape(
+    node: _Node, attrs: Mapping[str, Any], x: Shape, consts: _Consts
+) -> list[Shape | None] | None:
+    names = node.inputs
+    if "starts" in attrs:  # opset < 10
+        starts, ends = attrs["starts"], attrs.get("ends")
+        axes: Any = attrs.get("axes")
+        steps: Any = None
+    else:
+        starts = consts.ints(names[1]) if len(names) > 1 else None
+        ends = consts.ints(names[2]) if len(names) > 2 else None
+        axes = consts.ints(names[3]) if len(names) > 3 and names[3] else None
+        steps = consts.ints(names[4]) if len(names) > 4 and names[4] else None
+    if starts is None or ends is None or len(starts) != len(ends):
+        return None
+    axes = axes or range(len(starts))
+    steps = steps or (1,) * len(starts)
+    out = list(x)
+    for axis, start, end, step in zip(axes, starts, ends, steps, strict=True):
+        a = axis % len(x)
+        out[a] = len(range(*slice(start, end, step).indices(x[a])))
+    return [tuple(out)]
+
+
+def _split_shapes(
+    node: _Node, attrs: Mapping[str, Any], x: Shape, consts: _Consts
+) -> list[Shape | None] | None:
+    axis = attrs.get("axis", 0) % len(x)
+    n = len(node.outputs)
+    parts: Any = attrs.get("split")
+    if parts is None and len(node.inputs) > 1 and node.inputs[1]:
+        parts = consts.ints(node.inputs[1])
+    if parts is None:
+        if n == 0:
+            return None
+        size = -(-x[axis] // n)
+        parts = [size] * (n - 1) + [x[axis] - size * (n - 1)]
+    if len(parts) != n or sum(parts) != x[axis]:
+        return None
+    return [(*x[:axis], p, *x[axis + 1 :]) for p in parts]
+
+
+def _valid(shape: Shape | None) -> Shape | None:
+    """Drop shapes a broken model (or a rule fed nonsense) could produce: negative dims."""
+    if shape is None or any(not isinstance(d, int) or d < 0 for d in shape):
+        return None
+    return tuple(shape)
+
+
+def _fill_unknown(
+    node: _Node,
+    attrs: Mapping[str, Any],
+    ins: tuple[Shape | None, ...],
+    consts: _Consts,
+    shapes: dict[str, Shape],
+) -> None:
+    """Built-in rules for outputs ONNX inference left unknown; nonsense input yields None."""
+    try:
+        guessed = _infer_node(node, attrs, ins, consts)
+    except (ArithmeticError, ValueError, IndexError, TypeError, KeyError, StopIteration):
+        return
+    for o, s in zip(node.outputs, guessed or (), strict=False):
+        s = _valid(s)
+        if o and s is not None and o not in shapes:
+            shapes[o] = s
