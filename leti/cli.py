@@ -75,6 +75,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
             f"{soc}/{runtime}: {manifest['model_version']} "
             f"({manifest['training']['graphs']} graphs{acc}) in {time.perf_counter() - t0:.1f}s"
         )
+    if not args.no_transfer and not args.soc and args.runtime in (None, "tflite-gpu"):
+        # The transfer model learns from every measured SoC at once; its leave-one-SoC-out
+        # evaluation sizes the intervals of unmeasured SoCs, so it runs as part of fitting.
+        from leti.transfer import main as fit_transfer
+
+        argv = ["--models-dir", str(root)]
+        if args.measurements_dir:
+            argv += ["--measurements-dir", str(args.measurements_dir)]
+        fit_transfer(argv)
     return 0
 
 
@@ -170,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--soc", default=None)
     p.add_argument("--runtime", default=None)
     p.add_argument("--no-cv", action="store_true", help="skip grouped CV metrics in the manifest")
+    p.add_argument("--no-transfer", action="store_true", help="do not retrain the transfer model")
     _add_models_dir(p)
     _add_measurements_dir(p)
     p.set_defaults(func=cmd_fit)

@@ -195,22 +195,25 @@ def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:
 
 def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
     """Every loadable (soc, runtime): measured models, then transfer and calibrated ones."""
+    from leti.calibration import read_calibration
+
     root = resolve_models_dir(models_dir)
     registry = socs.all_socs()
     out = []
     for manifest_path in sorted(root.glob("*/*/manifest.json")):
         m = json.loads(manifest_path.read_text("utf-8"))
-        soc = registry.get(m["soc"])
+        soc = registry.get(m.get("soc", ""))
         if soc is None:
             continue
+        cal = read_calibration(root, soc.id, m["runtime"])
         out.append(
             {
                 "soc": soc.id,
                 "name": soc.name,
                 "gpu": soc.gpu,
                 "runtime": m["runtime"],
-                "model_version": m["model_version"],
-                "provenance": "measured",
+                "model_version": cal["model_version"] if cal else m["model_version"],
+                "provenance": "calibrated" if cal else "measured",
             }
         )
     from leti.transfer import available_transfer

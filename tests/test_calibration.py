@@ -287,3 +287,6 @@ def test_measured_base_calibration(tmp_path, light_dir, models):
             (models / "snapdragon855" / runtime / "calibration.json").read_text("utf-8")
         )
         assert doc["base"]["provenance"] == "measured" and doc["base"]["profile"] is None
+    listed = {(a["soc"], a["runtime"]): a["provenance"] for a in available(models)}
+    assert listed[("snapdragon855", "tflite-gpu")] == "calibrated"
+    assert listed[("snapdragon855", "ncnn-vulkan")] == "calibrated"
