@@ -80,12 +80,10 @@ class _Building:
     order: int = 0
 
 
-def _index(graph: Graph) -> tuple[dict[str, Layer], Counter[str], set[str]]:
-    producer: dict[str, Layer] = {}
+def _index(graph: Graph) -> tuple[Counter[str], set[str]]:
+    """Reader counts per tensor, and the tensors computed from constants only."""
     consumers: Counter[str] = Counter()
     for layer in graph.layers:
-        for out in layer.outputs:
-            producer[out] = layer
         for t in layer.inputs:
             if t:
                 consumers[t] += 1
@@ -96,20 +94,13 @@ def _index(graph: Graph) -> tuple[dict[str, Layer], Counter[str], set[str]]:
         runtime_inputs = [t for t in layer.inputs if t and t not in const]
         if layer.op_type in ("Constant", "Shape", "ConstantOfShape", "Size") or not runtime_inputs:
             const.update(layer.outputs)
-    return producer, consumers, const
+    return consumers, const
 
 
 def _canonical_ops(graph: Graph) -> list[_Op]:
-    producer, consumers, const = _index(graph)
+    consumers, const = _index(graph)
     absorbed: set[str] = set()
     ops: list[_Op] = []
-
-    def sole_consumer(tensor: str) -> Layer | None:
-        if consumers[tensor] != 1:
-            return None
-        for layer in _consumers_of(tensor):
-            return layer
-        return None
 
     users: dict[str, list[Layer]] = {}
     for layer in graph.layers:
@@ -117,8 +108,9 @@ def _canonical_ops(graph: Graph) -> list[_Op]:
             if t:
                 users.setdefault(t, []).append(layer)
 
-    def _consumers_of(tensor: str) -> list[Layer]:
-        return users.get(tensor, [])
+    def sole_consumer(tensor: str) -> Layer | None:
+        readers = users.get(tensor, [])
+        return readers[0] if consumers[tensor] == 1 and readers else None
 
     def runtime_inputs(layer: Layer) -> list[str]:
         return [t for t in layer.inputs if t and t not in const]
