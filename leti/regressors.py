@@ -11,6 +11,7 @@ sum). Both are stored as xgboost JSON inside our own JSON documents.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,17 +39,32 @@ KINDS = (
 _POOLED = "_pooled"
 
 
+def kind_codes(kinds) -> np.ndarray:
+    """The kind as a number, for the pooled fallback model."""
+    return np.array([KINDS.index(k) if k in KINDS else -1 for k in kinds], float)
+
+
 @dataclass
-class KernelRegressors:
-    """scikit-learn-style: hyper-parameters in the constructor, `fit` returns self."""
+class KindBoosters:
+    """One xgboost model per kernel kind on a log target, plus a pooled fallback.
+
+    Kinds with too few rows fall back to the pooled model, which sees the kind as a feature,
+    so no kernel is ever silently priced at 0 ms. Subclasses choose the features and target.
+    """
 
     n_estimators: int = 300
     max_depth: int = 6
     learning_rate: float = 0.08
     min_rows: int = 12
     seed: int = 0
-    n_jobs: int = 1  # OpenMP spinning under contention cost 100x here; 1 thread is as fast
+    # One thread: on a shared 2-core machine, OpenMP threads contending with another process
+    # made a fit 100x slower; fits here are small and many.
+    n_jobs: int = 1
+    min_child_weight: float = 1.0
+    full_rounds_rows: int = 50  # fewer rows than this: a third of the rounds
     boosters: dict[str, xgb.Booster] = field(default_factory=dict, repr=False)
+
+    raw_format = "ubj"  # xgboost's own binary JSON: a third of the text JSON's size
 
     def _params(self) -> dict:
         return {
@@ -57,7 +73,7 @@ class KernelRegressors:
             "eta": self.learning_rate,
             "subsample": 0.9,
             "colsample_bytree": 0.9,
-            "min_child_weight": 1.0,
+            "min_child_weight": self.min_child_weight,
             "lambda": 1.0,
             "tree_method": "hist",
             "nthread": self.n_jobs,
@@ -65,73 +81,79 @@ class KernelRegressors:
             "verbosity": 0,
         }
 
-    @staticmethod
-    def _pooled_matrix(geometry: pd.DataFrame, x: np.ndarray) -> np.ndarray:
-        codes = np.array([KINDS.index(k) if k in KINDS else -1 for k in geometry["kind"]], float)
-        return np.column_stack([x, codes])
+    def _train(self, x: np.ndarray, y: np.ndarray) -> xgb.Booster:
+        rounds = (
+            self.n_estimators
+            if len(y) >= self.full_rounds_rows
+            else max(60, self.n_estimators // 3)
+        )
+        return xgb.train(self._params(), xgb.DMatrix(x, label=y), num_boost_round=rounds)
 
-    def fit(self, geometry: pd.DataFrame, latency_ms: np.ndarray) -> KernelRegressors:
-        geometry = geometry.reset_index(drop=True)
-        y = np.log(np.asarray(latency_ms, float))
-        x = kernel_features(geometry)
+    def _fit_matrix(self, x: np.ndarray, y: np.ndarray, kinds: np.ndarray) -> None:
         self.boosters = {}
-        kinds = geometry["kind"].to_numpy()
         for kind in sorted(set(kinds)):
             mask = kinds == kind
             if mask.sum() >= self.min_rows:
                 self.boosters[kind] = self._train(x[mask], y[mask])
-        self.boosters[_POOLED] = self._train(self._pooled_matrix(geometry, x), y)
-        return self
+        self.boosters[_POOLED] = self._train(np.column_stack([x, kind_codes(kinds)]), y)
 
-    def _train(self, x: np.ndarray, y: np.ndarray) -> xgb.Booster:
-        rounds = self.n_estimators if len(y) >= 50 else max(60, self.n_estimators // 3)
-        return xgb.train(self._params(), xgb.DMatrix(x, label=y), num_boost_round=rounds)
+    def _predict_matrix(self, x: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+        out = np.empty(len(x))
+        done = np.zeros(len(x), bool)
+        for kind in set(kinds):
+            if kind in self.boosters:
+                mask = kinds == kind
+                out[mask] = self.boosters[kind].inplace_predict(x[mask])
+                done |= mask
+        if not done.all():
+            rest = ~done
+            pooled = np.column_stack([x[rest], kind_codes(kinds[rest])])
+            out[rest] = self.boosters[_POOLED].inplace_predict(pooled)
+        return out
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k in self.boosters if k != _POOLED)
 
-    def predict(self, geometry: pd.DataFrame) -> np.ndarray:
-        """Latency in ms for each row. Pure: no state changes."""
-        n = len(geometry)
-        if n == 0:
-            return np.zeros(0)
-        geometry = geometry.reset_index(drop=True)
-        x = kernel_features(geometry)
-        kinds = geometry["kind"].to_numpy()
-        log_ms = np.empty(n)
-        done = np.zeros(n, bool)
-        for kind in set(kinds):
-            if kind in self.boosters:
-                mask = kinds == kind
-                log_ms[mask] = self.boosters[kind].inplace_predict(x[mask])
-                done |= mask
-        if not done.all():
-            rest = ~done
-            pooled = self._pooled_matrix(geometry[rest], x[rest])
-            log_ms[rest] = self.boosters[_POOLED].inplace_predict(pooled)
-        return np.exp(log_ms)
-
     def save(self, folder: Path) -> dict[str, str]:
         """Write one xgboost model per kind; returns {kind: file name} for the manifest."""
         files = {}
         for kind, booster in self.boosters.items():
-            # xgboost's own binary JSON (UBJ): a third of the text JSON's size. save_raw, not
-            # save_model, because save_model picks the format from the temp file's suffix.
-            name = f"kernel{kind if kind.startswith('_') else '_' + kind}.ubj"
-            atomic_write_bytes(folder / name, bytes(booster.save_raw(raw_format="ubj")))
+            # save_raw, not save_model: save_model picks the format from the temp file's suffix
+            name = f"kernel{kind if kind.startswith('_') else '_' + kind}.{self.raw_format}"
+            atomic_write_bytes(folder / name, bytes(booster.save_raw(raw_format=self.raw_format)))
             files[kind] = name
         return files
 
     @classmethod
-    def load(cls, folder: Path, files: dict[str, str]) -> KernelRegressors:
+    def load(cls, folder: Path, files: Mapping[str, str]):
+        """Load what `save` wrote (JSON or UBJ: xgboost tells them apart from the bytes)."""
         model = cls()
         for kind, name in files.items():
             booster = xgb.Booster()
-            booster.load_model(bytearray((folder / name).read_bytes()))
+            booster.load_model(bytearray((Path(folder) / name).read_bytes()))
             booster.set_param({"nthread": 1})
             model.boosters[kind] = booster
         return model
+
+
+@dataclass
+class KernelRegressors(KindBoosters):
+    """Per-(soc, runtime) kernel latency: scikit-learn style, `fit` returns self."""
+
+    def fit(self, geometry: pd.DataFrame, latency_ms: np.ndarray) -> KernelRegressors:
+        geometry = geometry.reset_index(drop=True)
+        y = np.log(np.asarray(latency_ms, float))
+        self._fit_matrix(kernel_features(geometry), y, geometry["kind"].to_numpy())
+        return self
+
+    def predict(self, geometry: pd.DataFrame) -> np.ndarray:
+        """Latency in ms for each row. Pure: no state changes."""
+        if len(geometry) == 0:
+            return np.zeros(0)
+        geometry = geometry.reset_index(drop=True)
+        x = kernel_features(geometry)
+        return np.exp(self._predict_matrix(x, geometry["kind"].to_numpy()))
 
 
 @dataclass

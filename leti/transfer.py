@@ -29,14 +29,13 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
-import xgboost as xgb
 
 from leti import socs
 from leti.features import (
@@ -44,9 +43,9 @@ from leti.features import (
     KERNEL_FEATURES,
     graph_features,
     kernel_features,
-    kernels_frame,
 )
-from leti.store import atomic_write_bytes, atomic_write_json
+from leti.regressors import KindBoosters
+from leti.store import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,6 @@ SOC_FEATURES = (
 TRANSFER_FEATURES = (*KERNEL_FEATURES, "log_compute_ms", "log_memory_ms", *SOC_FEATURES)
 BYTES_PER_ELEMENT = 2  # FP16 activations and weights
 _BUNDLED = Path(__file__).resolve().parent.parent / "models"
-_POOLED = "_pooled"
 
 # Set while a calibration loads its *base* estimator, so no saved calibration is stacked on it.
 _UNCALIBRATED: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -115,40 +113,16 @@ def transfer_matrix(geometry: pd.DataFrame, hw: Hardware) -> tuple[np.ndarray, n
     return feats, log_roof
 
 
-def _kind_codes(kinds: np.ndarray) -> np.ndarray:
-    from leti.regressors import KINDS
-
-    return np.array([KINDS.index(k) if k in KINDS else -1 for k in kinds], float)
-
-
 @dataclass
-class TransferKernels:
+class TransferKernels(KindBoosters):
     """Per-kind xgboost on roofline-normalised log latency, trained across SoCs."""
 
     n_estimators: int = 250
-    max_depth: int = 6
-    learning_rate: float = 0.08
     min_rows: int = 30
-    seed: int = 0
-    # One thread: on a shared 2-core machine two OpenMP threads contending with another
-    # process made a fit >10x slower; fits are small and many, not big and few.
-    n_jobs: int = 1
-    boosters: dict[str, xgb.Booster] = field(default_factory=dict, repr=False)
+    min_child_weight: float = 2.0
+    full_rounds_rows: int = 200
 
-    def _params(self) -> dict:
-        return {
-            "objective": "reg:squarederror",
-            "max_depth": self.max_depth,
-            "eta": self.learning_rate,
-            "subsample": 0.9,
-            "colsample_bytree": 0.9,
-            "min_child_weight": 2.0,
-            "lambda": 1.0,
-            "tree_method": "hist",
-            "nthread": self.n_jobs,
-            "seed": self.seed,
-            "verbosity": 0,
-        }
+    raw_format = "json"
 
     def fit(self, parts: Iterable[tuple[Hardware, pd.DataFrame]]) -> TransferKernels:
         """`parts`: (hardware, kernel rows with geometry + latency_ms) per measured SoC."""
@@ -159,65 +133,18 @@ class TransferKernels:
             xs.append(x)
             ys.append(np.log(rows["latency_ms"].to_numpy(float)) - log_roof)
             kinds.append(rows["kind"].to_numpy())
-        x = np.vstack(xs)
-        y = np.concatenate(ys)
-        kind = np.concatenate(kinds)
-        self.boosters = {}
-        for k in sorted(set(kind)):
-            mask = kind == k
-            if mask.sum() >= self.min_rows:
-                self.boosters[k] = self._train(x[mask], y[mask])
-        self.boosters[_POOLED] = self._train(np.column_stack([x, _kind_codes(kind)]), y)
+        self._fit_matrix(np.vstack(xs), np.concatenate(ys), np.concatenate(kinds))
         return self
 
-    def _train(self, x: np.ndarray, y: np.ndarray) -> xgb.Booster:
-        rounds = self.n_estimators if len(y) >= 200 else max(60, self.n_estimators // 3)
-        return xgb.train(self._params(), xgb.DMatrix(x, label=y), num_boost_round=rounds)
-
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return tuple(k for k in self.boosters if k != _POOLED)
-
     def predict(self, geometry: pd.DataFrame, hw: Hardware) -> np.ndarray:
-        n = len(geometry)
-        if n == 0:
+        if len(geometry) == 0:
             return np.zeros(0)
         geometry = geometry.reset_index(drop=True)
         x, log_roof = transfer_matrix(geometry, hw)
-        kinds = geometry["kind"].to_numpy()
-        out = np.empty(n)
-        done = np.zeros(n, bool)
-        for k in set(kinds):
-            if k in self.boosters:
-                mask = kinds == k
-                out[mask] = self.boosters[k].inplace_predict(x[mask])
-                done |= mask
-        if not done.all():
-            rest = ~done
-            pooled = np.column_stack([x[rest], _kind_codes(kinds[rest])])
-            out[rest] = self.boosters[_POOLED].inplace_predict(pooled)
-        return np.exp(out + log_roof)
+        return np.exp(self._predict_matrix(x, geometry["kind"].to_numpy()) + log_roof)
 
     def bind(self, hw: Hardware) -> BoundKernels:
         return BoundKernels(self, hw)
-
-    def save(self, folder: Path) -> dict[str, str]:
-        files = {}
-        for kind, booster in self.boosters.items():
-            name = f"kernel{kind if kind.startswith('_') else '_' + kind}.json"
-            atomic_write_bytes(folder / name, bytes(booster.save_raw(raw_format="json")))
-            files[kind] = name
-        return files
-
-    @classmethod
-    def load(cls, folder: Path, files: Mapping[str, str]) -> TransferKernels:
-        model = cls()
-        for kind, name in files.items():
-            booster = xgb.Booster()
-            booster.load_model(str(folder / name))
-            booster.set_param({"nthread": 1})
-            model.boosters[kind] = booster
-        return model
 
 
 @dataclass(frozen=True)
@@ -328,16 +255,9 @@ def kernel_sums(
     kernels: TransferKernels, ts: Any, hw: Hardware, models: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Per-kernel ms of each graph in one batched call."""
-    frames = [kernels_frame(ts.plans[m].kernels) for m in models]
-    sizes = [len(f) for f in frames]
-    if not frames or sum(sizes) == 0:
-        return {m: np.zeros(0) for m in models}
-    ms = kernels.predict(pd.concat(frames, ignore_index=True), hw)
-    out, start = {}, 0
-    for m, n in zip(models, sizes, strict=True):
-        out[m] = ms[start : start + n]
-        start += n
-    return out
+    from leti.fit import predict_kernel_ms
+
+    return predict_kernel_ms(kernels.bind(hw), ts.plans, models)
 
 
 def fit_corrector(
