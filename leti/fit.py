@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -204,37 +204,52 @@ def fit_and_save(
     if len(ts.models) < 5:
         raise MeasurementError(f"{soc}/{runtime}: {len(ts.models)} graphs with timings; need >= 5")
     pipe = fit_pipeline(ts, ts.models)
-    folder = Path(models_dir) / soc / runtime
-    stage = folder.with_name(f".{runtime}.staging")
+    data = measurements.data_manifest(measurements_root)
+    created = datetime.now(UTC).replace(microsecond=0).isoformat()
+
+    def manifest_for(kernel_files: dict[str, str]) -> dict:
+        digest = hashlib.sha256(
+            json.dumps([data.get("data_sha256", ""), _fusion_hash(), sorted(kernel_files)]).encode()
+        ).hexdigest()[:10]
+        return {
+            "soc": soc,
+            "runtime": runtime,
+            "model_version": f"{soc}-{runtime}-{created[:10]}-{digest}",
+            "created": created,
+            "kernel_files": kernel_files,
+            "corrector_file": "corrector.json",
+            "interval_log_quantiles": list(pipe.log_interval),
+            "training": {
+                "kernel_rows": len(ts.kernel_rows),
+                "graphs": len(ts.models),
+                "kinds": sorted(pipe.kernels.kinds),
+                "corrector": "constant" if pipe.corrector.constant else "trees",
+            },
+            "data": data,
+            "fusion_rules_sha256": _fusion_hash(),
+            "libraries": _versions(),
+            "cv": cv_metrics or {},
+            "format": "xgboost UBJ per kernel kind + corrector JSON (xgboost JSON inside); "
+            "no pickle",
+        }
+
+    return save_model_folder(Path(models_dir) / soc / runtime, pipe, manifest_for)
+
+
+def save_model_folder(
+    folder: Path,
+    pipe,
+    manifest_for: Callable[[dict[str, str]], dict],
+    manifest_name: str = "manifest.json",
+) -> dict:
+    """Write `pipe`'s kernels and corrector and the manifest into a staging folder, then swap
+    it in whole, so a reader never sees a mix of old and new files."""
+    stage = folder.with_name(f".{folder.name}.staging")
     shutil.rmtree(stage, ignore_errors=True)
     kernel_files = pipe.kernels.save(stage)
     pipe.corrector.save(stage / "corrector.json")
-    data = measurements.data_manifest(measurements_root)
-    created = datetime.now(UTC).replace(microsecond=0).isoformat()
-    digest = hashlib.sha256(
-        json.dumps([data.get("data_sha256", ""), _fusion_hash(), sorted(kernel_files)]).encode()
-    ).hexdigest()[:10]
-    manifest = {
-        "soc": soc,
-        "runtime": runtime,
-        "model_version": f"{soc}-{runtime}-{created[:10]}-{digest}",
-        "created": created,
-        "kernel_files": kernel_files,
-        "corrector_file": "corrector.json",
-        "interval_log_quantiles": list(pipe.log_interval),
-        "training": {
-            "kernel_rows": len(ts.kernel_rows),
-            "graphs": len(ts.models),
-            "kinds": sorted(pipe.kernels.kinds),
-            "corrector": "constant" if pipe.corrector.constant else "trees",
-        },
-        "data": data,
-        "fusion_rules_sha256": _fusion_hash(),
-        "libraries": _versions(),
-        "cv": cv_metrics or {},
-        "format": "xgboost JSON per kernel kind + ridge corrector JSON; no pickle",
-    }
-    atomic_write_json(stage / "manifest.json", manifest)
+    manifest = manifest_for(kernel_files)
+    atomic_write_json(stage / manifest_name, manifest)
     _swap_in(stage, folder)
     return manifest
 

@@ -403,7 +403,7 @@ def fit_and_save(
     `extra` is merged into the manifest (e.g. calibration residual scales from the evaluation).
     """
     from leti import measurements
-    from leti.fit import _fusion_hash, _swap_in, _versions
+    from leti.fit import _fusion_hash, _versions, save_model_folder
 
     sets = sets if sets is not None else load_sets(runtime, measurements_root)
     if len(sets) < 3:
@@ -412,13 +412,6 @@ def fit_and_save(
     if loso is None:
         loso = loso_zero_shot(sets, cache=cache)
     pipe = fit_transfer(cache, sorted(sets))
-    folder = Path(models_dir) / TRANSFER_DIR / runtime
-    stage = folder.with_name(f".{runtime}.staging")
-    import shutil
-
-    shutil.rmtree(stage, ignore_errors=True)
-    kernel_files = pipe.kernels.save(stage)
-    pipe.corrector.save(stage / "corrector.json")
     data = measurements.data_manifest(measurements_root)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
     lo, hi = zero_shot_interval(loso)
@@ -432,52 +425,54 @@ def fit_and_save(
         }
         for s, g in loso.groupby("soc")
     }
-    digest = hashlib.sha256(
-        json.dumps(
-            [data.get("data_sha256", ""), _fusion_hash(), sorted(kernel_files), [lo, hi]]
-        ).encode()
-    ).hexdigest()[:10]
-    manifest = {
-        "kind": "transfer",
-        "runtime": runtime,
-        "model_version": f"transfer-{runtime}-{created[:10]}-{digest}",
-        "created": created,
-        "trained_socs": sorted(sets),
-        "soc_descriptors": {
-            s: {
-                "fp16_gflops": socs.resolve(s).fp16_gflops,
-                "dram_gbps": socs.resolve(s).dram_gbps,
-                "family": socs.resolve(s).family,
-            }
-            for s in sorted(sets)
-        },
-        "features": list(TRANSFER_FEATURES),
-        "target": "log(latency_ms) - log(max(flops/fp16 peak, bytes/bandwidth))",
-        "kernel_files": kernel_files,
-        "corrector_file": "corrector.json",
-        "interval_log_quantiles": [lo, hi],
-        "interval": {
-            "coverage": 0.9,
-            "source": "leave-one-SoC-out x grouped model folds (leti evaluate --transfer): "
-            "5%/95% quantiles of log(measured / predicted) over every held-out (SoC, model)",
-            "held_out_pairs": int(len(loso)),
-            "median_abs_log_error": float(np.median(np.abs(log_err))),
-        },
-        "loso": per_soc,
-        "training": {
-            "kernel_rows": int(sum(len(sets[s].kernel_rows) for s in sets)),
-            "graphs": int(sum(len(sets[s].models) for s in sets)),
-            "kinds": sorted(pipe.kernels.kinds),
-        },
-        "data": data,
-        "fusion_rules_sha256": _fusion_hash(),
-        "libraries": _versions(),
-        "format": "xgboost JSON per kernel kind + ridge corrector JSON; no pickle",
-        **dict(extra or {}),
-    }
-    atomic_write_json(stage / MANIFEST, manifest)
-    _swap_in(stage, folder)
-    return manifest
+
+    def manifest_for(kernel_files: dict[str, str]) -> dict:
+        digest = hashlib.sha256(
+            json.dumps(
+                [data.get("data_sha256", ""), _fusion_hash(), sorted(kernel_files), [lo, hi]]
+            ).encode()
+        ).hexdigest()[:10]
+        return {
+            "kind": "transfer",
+            "runtime": runtime,
+            "model_version": f"transfer-{runtime}-{created[:10]}-{digest}",
+            "created": created,
+            "trained_socs": sorted(sets),
+            "soc_descriptors": {
+                s: {
+                    "fp16_gflops": socs.resolve(s).fp16_gflops,
+                    "dram_gbps": socs.resolve(s).dram_gbps,
+                    "family": socs.resolve(s).family,
+                }
+                for s in sorted(sets)
+            },
+            "features": list(TRANSFER_FEATURES),
+            "target": "log(latency_ms) - log(max(flops/fp16 peak, bytes/bandwidth))",
+            "kernel_files": kernel_files,
+            "corrector_file": "corrector.json",
+            "interval_log_quantiles": [lo, hi],
+            "interval": {
+                "coverage": 0.9,
+                "source": "leave-one-SoC-out x grouped model folds (leti evaluate --transfer): "
+                "5%/95% quantiles of log(measured / predicted) over every held-out (SoC, model)",
+                "held_out_pairs": int(len(loso)),
+                "median_abs_log_error": float(np.median(np.abs(log_err))),
+            },
+            "loso": per_soc,
+            "training": {
+                "kernel_rows": int(sum(len(sets[s].kernel_rows) for s in sets)),
+                "graphs": int(sum(len(sets[s].models) for s in sets)),
+                "kinds": sorted(pipe.kernels.kinds),
+            },
+            "data": data,
+            "fusion_rules_sha256": _fusion_hash(),
+            "libraries": _versions(),
+            "format": "xgboost JSON per kernel kind + ridge corrector JSON; no pickle",
+            **dict(extra or {}),
+        }
+
+    folder = Path(models_dir) / TRANSFER_DIR / runtime
+    return save_model_folder(folder, pipe, manifest_for, manifest_name=MANIFEST)
 
 
 # --------------------------------------------------------------------------------------------

@@ -183,22 +183,25 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> pd.DataFra
     t = target.timings
     plans = {m: load_plan(g, "ncnn-vulkan") for m, g in zip(t["model"], t["graph"], strict=True)}
     models = list(t["model"])
-    totals, sums, share = transfer.predict_detail(
-        pipe, SimpleNamespace(plans=plans), target.gpu, models
-    )
+    # What `leti calibrate --runtime ncnn-vulkan` fits on (`calibration.load_base`): the
+    # kernel sum for a cross-runtime base, else the corrected total.
+    which = 1 if calibration.base_total("ncnn-vulkan") == calibration.KERNEL_SUM_TOTAL else 0
+    ns = SimpleNamespace(plans=plans)
+    detail = transfer.predict_detail(pipe, ns, target.gpu, models)
+    totals, sums, share = detail
     frame = pd.DataFrame(
         {
             "model": models,
             "measured": t["latency_ms"].to_numpy(float),
-            "transfer": totals,
+            "transfer": detail[which],
+            "corrected_total": totals,
             "kernel_sum": sums,
             "compute_share": share,
             "flops": [_flops(plans[m]) for m in models],
         }
     )
-    ns = SimpleNamespace(plans=plans)
     for s in pipe.train_socs:
-        frame[f"profile:{s}"] = transfer.predict_detail(pipe, ns, socs.resolve(s), models)[0]
+        frame[f"profile:{s}"] = transfer.predict_detail(pipe, ns, socs.resolve(s), models)[which]
     return frame
 
 
@@ -456,7 +459,9 @@ class TransferReport:
                 "Base: the transfer model trained on all six measured SoCs (tflite-gpu), given "
                 "the GPU's approximate descriptors (`leti/data/ncnn_gpus.json`) and the "
                 "ncnn-vulkan fusion rules, exactly as `leti calibrate --runtime ncnn-vulkan` "
-                "does for a SoC in the registry (including the choice among profiles). "
+                "does for a SoC in the registry (including the choice among profiles); as a "
+                "cross-runtime base it answers its kernel sum, without the tflite-gpu "
+                "graph-level corrector (zero-shot columns included). "
                 "Calibrate on k of the GPU's models, test on the "
                 "rest (k = 10 only where at least 3 test models remain). FLOPs: log-log fit on "
                 "the same k timings. Zero-shot baseline: the nearest measured SoC's FLOPs "
