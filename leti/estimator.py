@@ -137,8 +137,9 @@ class Estimator:
             notes.append(f"total_ms excludes {n} unsupported layer(s) ({ops}): no latency model")
         if plan.overhead:
             notes.append(
-                f"{len(plan.overhead)} standalone layer(s) without per-kernel data are priced by "
-                "the graph-level corrector and appear as the overhead entry"
+                f"{len(plan.overhead)} standalone layer(s) without per-kernel data are not priced "
+                "one by one: the graph-level correction (corrector or calibration) covers them in "
+                "the overhead entry"
             )
         return Prediction(
             soc=self.soc,

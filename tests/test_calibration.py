@@ -207,6 +207,42 @@ def test_cli_calibrate_then_predict_ncnn(tmp_path, light_dir, models, capsys):
     assert pred["interval_ms"][0] < pred["total_ms"] < pred["interval_ms"][1]
 
 
+def test_cross_runtime_base_is_the_kernel_sum(tmp_path, light_dir, models):
+    """An ncnn-vulkan calibration sits on the tflite-gpu estimator's kernel sum (ncnn fusion),
+    without its graph-level corrector; a document written before `base.total` existed keeps
+    the corrected total it was fitted on."""
+    from leti import socs
+
+    soc = socs.resolve("snapdragon888")
+    graphs = [light(light_dir, g) for g in GRAPHS[:4]]
+    base = calibration.load_base(soc, "ncnn-vulkan", models)
+    corrected = calibration.load_base(soc, "ncnn-vulkan", models, total=calibration.CORRECTED_TOTAL)
+    for g in graphs:
+        p = base.predict(g)
+        assert p.total_ms == pytest.approx(p.kernel_sum_ms)
+        assert corrected.predict(g).kernel_sum_ms == pytest.approx(p.kernel_sum_ms)
+    assert calibration.load_base(soc, "tflite-gpu", models).corrector is not None
+    assert calibration.base_total("tflite-gpu") == calibration.CORRECTED_TOTAL
+
+    sums = base_totals(models, "snapdragon888", "ncnn-vulkan", graphs)
+    csv = write_csv(
+        tmp_path / "t.csv",
+        [(str(g), repr(float(2 * t))) for g, t in zip(graphs, sums, strict=True)],
+    )
+    doc, _ = calibration.calibrate("snapdragon888", "ncnn-vulkan", csv, models)
+    assert doc["base"]["total"] == calibration.KERNEL_SUM_TOTAL
+    target = light(light_dir, GRAPHS[4])
+    pred = Estimator.load("snapdragon888", "ncnn-vulkan", models).predict(target)
+    assert pred.total_ms == pytest.approx(2 * base.predict(target).kernel_sum_ms, rel=1e-3)
+
+    path = models / "snapdragon888" / "ncnn-vulkan" / "calibration.json"
+    old = json.loads(path.read_text())
+    del old["base"]["total"]
+    path.write_text(json.dumps(old))
+    pred = Estimator.load("snapdragon888", "ncnn-vulkan", models).predict(target)
+    assert pred.total_ms == pytest.approx(2 * corrected.predict(target).total_ms, rel=1e-3)
+
+
 def test_transfer_calibration_and_no_stacking(tmp_path, light_dir, models):
     """tflite-gpu calibration on a transfer SoC; the ncnn calibration sits on the uncalibrated
     base, not on the tflite-gpu calibration."""
@@ -217,19 +253,21 @@ def test_transfer_calibration_and_no_stacking(tmp_path, light_dir, models):
         [(str(g), repr(float(3 * t))) for g, t in zip(graphs, base, strict=True)],
     )
     calibration.calibrate("kirin9000", "tflite-gpu", csv3, models)
+    ncnn_base = base_totals(models, "kirin9000", "ncnn-vulkan", graphs)
     csv2 = write_csv(
         tmp_path / "t2.csv",
-        [(str(g), repr(float(2 * t))) for g, t in zip(graphs, base, strict=True)],
+        [(str(g), repr(float(2 * t))) for g, t in zip(graphs, ncnn_base, strict=True)],
     )
     calibration.calibrate("kirin9000", "ncnn-vulkan", csv2, models)
 
     target = light(light_dir, GRAPHS[3])
     raw = base_totals(models, "kirin9000", "tflite-gpu", [target])[0]
+    raw_ncnn = base_totals(models, "kirin9000", "ncnn-vulkan", [target])[0]
     tfl = Estimator.load("kirin9000", "tflite-gpu", models).predict(target)
     ncnn = Estimator.load("kirin9000", "ncnn-vulkan", models).predict(target)
     assert tfl.provenance == ncnn.provenance == "calibrated"
     assert tfl.total_ms == pytest.approx(3 * raw, rel=1e-3)
-    assert ncnn.total_ms == pytest.approx(2 * raw, rel=1e-3)
+    assert ncnn.total_ms == pytest.approx(2 * raw_ncnn, rel=1e-3)
     pairs = {(a["soc"], a["runtime"]): a["provenance"] for a in available(models)}
     assert pairs[("kirin9000", "tflite-gpu")] == "calibrated"
     assert pairs[("kirin9000", "ncnn-vulkan")] == "calibrated"
