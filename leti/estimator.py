@@ -93,9 +93,6 @@ class Estimator:
         graph = source if isinstance(source, Graph) else parse_graph(source, input_shapes)
         return plan_kernels(graph, self.runtime)
 
-    def kernel_ms(self, plan: KernelPlan) -> np.ndarray:
-        return self.kernels.predict(kernels_frame(plan.kernels))
-
     def predict(self, source: GraphSource | Graph, input_shapes=None) -> Prediction:
         """End-to-end latency of one graph; raises a LetiError subclass on bad input."""
         plan = self.plan(source, input_shapes)

@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -48,15 +49,10 @@ class TrainingSet:
         return sorted(self.plans)
 
 
-_PLAN_CACHE: dict[tuple[str, str], KernelPlan] = {}
-
-
+@cache
 def load_plan(graph_path: str, runtime: str) -> KernelPlan:
     """Parse a training graph once per process (evaluate re-uses them across SoCs)."""
-    key = (graph_path, runtime)
-    if key not in _PLAN_CACHE:
-        _PLAN_CACHE[key] = plan_kernels(parse_graph(graph_path), runtime)
-    return _PLAN_CACHE[key]
+    return plan_kernels(parse_graph(graph_path), runtime)
 
 
 def load_training_set(soc: str, runtime: str, measurements_root: Path | None = None) -> TrainingSet:
