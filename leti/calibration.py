@@ -53,7 +53,7 @@ import numpy as np
 
 from leti import socs
 from leti.errors import LetiError, ModelNotFoundError
-from leti.store import atomic_write_json
+from leti.store import atomic_write_json, sha256_file
 from leti.store import models_dir as resolve_models_dir
 
 log = logging.getLogger(__name__)
@@ -136,14 +136,6 @@ class Timings:
         return "\n".join(lines)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _resolve_graph(text: str, base: Path) -> Path | None:
     """Relative paths are read against the CSV's folder first, then the working directory."""
     p = Path(text).expanduser()
@@ -204,7 +196,7 @@ def read_timings(csv_path: str | Path) -> Timings:
         if resolved in seen_paths:
             reject("duplicate", f"same file as line {seen_paths[resolved]}")
             continue
-        digest = _sha256(resolved)
+        digest = sha256_file(resolved)
         if digest in seen_hashes:
             reject("duplicate", f"same graph content as line {seen_hashes[digest]}")
             continue

@@ -34,13 +34,12 @@ from leti.measurements import (
     _leti_version,
     _positive_latency,
     _Reject,
-    _sha256_file,
     _validate_e2e,
     _validate_kernels,
     parse_fused,
 )
 from leti.socs import soc_for_phone
-from leti.store import atomic_write_bytes, atomic_write_json, measurements_dir
+from leti.store import atomic_write_bytes, atomic_write_json, measurements_dir, sha256_file
 
 SOURCE_NAME = "mobile-ml-benchmark"
 
@@ -473,7 +472,7 @@ def _licence(src: Path) -> dict[str, str] | None:
         if path.is_file():
             lines = path.read_text("utf-8", errors="replace").splitlines()
             first = next((ln.strip() for ln in lines if ln.strip()), "")
-            return {"file": name, "first_line": first, "sha256": _sha256_file(path)}
+            return {"file": name, "first_line": first, "sha256": sha256_file(path)}
     return None
 
 
@@ -508,7 +507,7 @@ def import_mobile_ml_benchmark(
         else:
             rows, n = _import_e2e(path, runtimes, zoo, tally)
             e2e_rows += rows
-        files.append(FileReport(name, table, _sha256_file(path), n))
+        files.append(FileReport(name, table, sha256_file(path), n))
 
     kernels = _finish(
         kernel_rows,

@@ -27,7 +27,7 @@ import pandas as pd
 
 from leti.errors import MeasurementError, UnknownSocError
 from leti.socs import resolve, resolve_runtime
-from leti.store import measurements_dir
+from leti.store import measurements_dir, sha256_file
 
 if TYPE_CHECKING:  # the importer imports this module, never the reverse at run time
     from leti.importers import ImportReport
@@ -74,14 +74,6 @@ class _Reject(Exception):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _positive_latency(cell: Any) -> float:
@@ -361,7 +353,7 @@ def data_manifest(measurements_root: Path | None = None) -> dict[str, Any]:
         tables = {f: folder / f for f in (KERNELS_FILE, E2E_FILE) if (folder / f).is_file()}
         if not tables:
             continue
-        hashes = {f: _sha256_file(p) for f, p in tables.items()}
+        hashes = {f: sha256_file(p) for f, p in tables.items()}
         entry: dict[str, Any] = {"tables": hashes}
         manifest_path = folder / MANIFEST_FILE
         if manifest_path.is_file():
