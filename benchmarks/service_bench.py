@@ -71,6 +71,17 @@ def _stats(times: list[float], wall: float) -> dict:
     return {"rps": len(times) / wall, "p50": pct(times, 0.5), "p99": pct(times, 0.99)}
 
 
+def _timed_post(s: requests.Session, url: str, body: bytes) -> tuple[float, bool]:
+    """(seconds, answered with a positive total) for one POST /predict."""
+    t = time.perf_counter()
+    try:
+        r = s.post(url, data=body, headers=OCTET, timeout=60)
+        ok = r.status_code == 200 and r.json()["total_ms"] > 0
+    except requests.RequestException:
+        ok = False
+    return time.perf_counter() - t, ok
+
+
 def bench_paired(
     est: Estimator, url: str, body: bytes, n: int, block: int = 20
 ) -> tuple[dict, dict]:
@@ -90,13 +101,8 @@ def bench_paired(
                 est.predict(body)
                 local.append(time.perf_counter() - t)
             for _ in range(min(block, n - len(remote))):
-                t = time.perf_counter()
-                try:
-                    r = s.post(url, data=body, headers=OCTET, timeout=60)
-                    ok = r.status_code == 200 and r.json()["total_ms"] > 0
-                except requests.RequestException:
-                    ok = False
-                remote.append(time.perf_counter() - t)
+                seconds, ok = _timed_post(s, url, body)
+                remote.append(seconds)
                 errors += not ok
     loc = _stats([t * 1000 for t in local], sum(local))
     rem = _stats([t * 1000 for t in remote], sum(remote))
@@ -111,13 +117,8 @@ def bench_http(url: str, body: bytes, n: int, clients: int) -> dict:
         with requests.Session() as s:
             s.post(url, data=body, headers=OCTET, timeout=60)  # warm the connection
             for _ in range(count):
-                t = time.perf_counter()
-                try:
-                    r = s.post(url, data=body, headers=OCTET, timeout=60)
-                    ok = r.status_code == 200 and r.json()["total_ms"] > 0
-                except requests.RequestException:
-                    ok = False
-                times.append((time.perf_counter() - t) * 1000)
+                seconds, ok = _timed_post(s, url, body)
+                times.append(seconds * 1000)
                 errors += not ok
         return times, errors
 
