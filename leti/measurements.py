@@ -154,17 +154,27 @@ def _validate_latency(
     return pd.to_numeric(values.where(reasons.eq(""), None), errors="coerce")
 
 
-def _validate_kernels(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(valid rows in schema order and dtypes, rejected rows with `reason` and `detail`)."""
-    _check_columns(df, KERNEL_COLUMNS, "kernel")
-    df = df.loc[:, list(KERNEL_COLUMNS)].reset_index(drop=True)
+def _start_validation(
+    df: pd.DataFrame, columns: tuple[str, ...], str_columns, what: str
+) -> tuple[pd.DataFrame, pd.Series, pd.Series, pd.Series]:
+    """The checks both tables share: columns, text cells, row keys and a positive latency.
+
+    Returns (frame in schema order, per-row reject reason, detail, latency as numbers)."""
+    _check_columns(df, columns, what)
+    df = df.loc[:, list(columns)].reset_index(drop=True)
     reasons = pd.Series("", index=df.index, dtype=object)
     detail = pd.Series("", index=df.index, dtype=object)
-    for col in _KERNEL_STR:
+    for col in str_columns:
         df[col] = _strings(df[col])
     keys = (df[["soc", "runtime", "model"]] == "").any(axis=1)
     _reject(keys, "missing_key", reasons, detail, "empty soc, runtime or model")
     latency = _validate_latency(df, "latency_ms", reasons, detail)
+    return df, reasons, detail, latency
+
+
+def _validate_kernels(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(valid rows in schema order and dtypes, rejected rows with `reason` and `detail`)."""
+    df, reasons, detail, latency = _start_validation(df, KERNEL_COLUMNS, _KERNEL_STR, "kernel")
     _reject(~df["kind"].isin(KINDS), "unknown_op", reasons, detail, _show(df, "kind"))
     ints: dict[str, pd.Series] = {}
     for col in _KERNEL_INT:
@@ -202,15 +212,7 @@ def validate_kernel_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]
 
 
 def _validate_e2e(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    _check_columns(df, E2E_COLUMNS, "end-to-end")
-    df = df.loc[:, list(E2E_COLUMNS)].reset_index(drop=True)
-    reasons = pd.Series("", index=df.index, dtype=object)
-    detail = pd.Series("", index=df.index, dtype=object)
-    for col in _E2E_STR:
-        df[col] = _strings(df[col])
-    keys = (df[["soc", "runtime", "model"]] == "").any(axis=1)
-    _reject(keys, "missing_key", reasons, detail, "empty soc, runtime or model")
-    latency = _validate_latency(df, "latency_ms", reasons, detail)
+    df, reasons, detail, latency = _start_validation(df, E2E_COLUMNS, _E2E_STR, "end-to-end")
     std, junk = _numbers(df["std_ms"])
     bad_std = junk | (std < 0) | (std.notna() & ~std.map(math.isfinite).astype(bool))
     _reject(bad_std, "bad_std", reasons, detail, _show(df, "std_ms"))
