@@ -15,20 +15,6 @@ import pandas as pd
 
 from leti.records import Kernel, KernelPlan
 
-#: Columns every kernel source must provide (measurement rows and ONNX-derived kernels alike).
-GEOMETRY = (
-    "kind",
-    "h_in",
-    "c_in",
-    "h_out",
-    "w_out",
-    "c_out",
-    "kernel",
-    "stride",
-    "groups",
-    "fused",
-)
-
 KERNEL_FEATURES = (
     "log_flops",
     "log_in",
