@@ -29,6 +29,11 @@ error that calibration at this k left on held-out SoCs, from `leti evaluate --tr
 widened by Student's t with the matching degrees of freedom, so that k = 3 gives a wide
 interval rather than an over-confident one.
 
+Cross-runtime calibrations (ncnn-vulkan) also fit per-kernel-class scales on the same base,
+with a prior learned across the GPUs of the runtime's public benchmark (`leti.class_scales`,
+stored in the transfer manifest under `class_priors`), and answer the geometric mean of the two
+fits; the interval then comes from the leave-one-out residuals of that mean.
+
 Persistence: `<models_dir>/<soc>/<runtime>/calibration.json` (atomic) with k, the timings'
 hash, every accepted row with its fitted and leave-one-out residual, and every rejected row
 with its reason. Bad rows (missing file, non-numeric or non-positive latency, duplicate graph,
@@ -51,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from leti import socs
+from leti import class_scales, socs
 from leti.errors import LetiError, ModelNotFoundError
 from leti.store import atomic_write_json, sha256_file
 from leti.store import models_dir as resolve_models_dir
@@ -267,10 +272,66 @@ def fit_log_affine(
         keep = np.arange(k) != i
         ai, bi = _ab(x[keep], y[keep], slope_prior)
         loo[i] = y[i] - (ai + bi * x[i])
+    sd, interval = _interval(loo, prior_sd, prior_weight, coverage)
+    return LogAffine(a, b, resid, loo, sd, interval)
+
+
+def _interval(
+    loo: np.ndarray, prior_sd: float, prior_weight: float = PRIOR_WEIGHT, coverage: float = COVERAGE
+) -> tuple[float, tuple[float, float]]:
+    """(sd, log quantiles) from leave-one-out residuals pooled with the prior scale."""
+    k = len(loo)
     sd = math.sqrt((float(loo @ loo) + prior_weight * prior_sd**2) / (k + prior_weight))
     half = _t_quantile((1 + coverage) / 2, k - 1 + prior_weight) * sd
     center = float(np.median(loo)) if k >= 5 else 0.0
-    return LogAffine(a, b, resid, loo, sd, (center - half, center + half))
+    return sd, (center - half, center + half)
+
+
+@dataclass(frozen=True)
+class CrossRuntimeFit:
+    """A cross-runtime calibration: the geometric mean of a log-affine map of the base's
+    kernel sum and of per-kernel-class scales (`leti.class_scales`) on the same base."""
+
+    log_affine: LogAffine
+    log_weights: np.ndarray
+    residuals: np.ndarray  # log(measured / calibrated), in sample
+    loo_residuals: np.ndarray
+    sd: float
+    interval: tuple[float, float]
+
+    def apply(self, base_ms: np.ndarray | float, terms: np.ndarray) -> np.ndarray:
+        return class_scales.combine(
+            self.log_affine.apply(base_ms), class_scales.predict(terms, self.log_weights)
+        )
+
+
+def fit_cross_runtime(
+    base_ms: Sequence[float],
+    terms: np.ndarray,
+    measured_ms: Sequence[float],
+    prior: class_scales.ClassPrior,
+    prior_sd: float = DEFAULT_PRIOR_SD,
+    log_affine: LogAffine | None = None,
+) -> CrossRuntimeFit:
+    """Fit both halves on the timings; the interval comes from leave-one-out residuals of the
+    combined answer, each left-out timing predicted by both halves refitted without it."""
+    base = np.asarray(base_ms, float)
+    terms = np.asarray(terms, float)
+    y = np.asarray(measured_ms, float)
+    la = log_affine or fit_log_affine(base, y, prior_sd=prior_sd)
+    w = class_scales.fit_log_weights(terms, y, prior)
+    resid = np.log(y) - np.log(class_scales.combine(la.apply(base), class_scales.predict(terms, w)))
+    loo = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        a, b = _ab(np.log(base[keep]), np.log(y[keep]), SLOPE_PRIOR)
+        wi = class_scales.fit_log_weights(terms[keep], y[keep], prior)
+        pred = class_scales.combine(
+            np.exp(a + b * np.log(base[i])), class_scales.predict(terms[i], wi)
+        )
+        loo[i] = np.log(y[i]) - np.log(float(pred))
+    sd, interval = _interval(loo, prior_sd)
+    return CrossRuntimeFit(la, w, resid, loo, sd, interval)
 
 
 def select_and_fit(
@@ -375,6 +436,24 @@ def candidate_bases(soc: socs.Soc, runtime: str, models_dir: Path | None) -> dic
     return out
 
 
+def class_prior_for(runtime: str, models_dir: Path | None) -> class_scales.ClassPrior | None:
+    """The class-scale prior for a cross-runtime calibration of `runtime`, learned across the
+    GPUs of that runtime's public benchmark and stored in the transfer manifest; else None."""
+    from leti.transfer import transfer_manifest
+
+    if base_total(runtime) != KERNEL_SUM_TOTAL:
+        return None
+    manifest = transfer_manifest(models_dir, base_runtime(runtime)) or {}
+    doc = manifest.get("class_priors", {}).get(runtime)
+    if doc is None:
+        return None
+    try:
+        return class_scales.ClassPrior.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("transfer manifest: unusable class prior for %s ignored: %s", runtime, exc)
+        return None
+
+
 def prior_sd_for(base, runtime: str, models_dir: Path | None) -> tuple[float, str]:
     """Residual scale expected after calibrating this kind of base (and where it comes from)."""
     from leti.transfer import transfer_manifest
@@ -424,6 +503,7 @@ def calibrate(
         )
     base = bases[OWN]
     used: list[TimingRow] = []
+    plans = []
     preds: dict[str, list[float]] = {name: [] for name in bases}
     for row in timings.rows:
         try:
@@ -433,6 +513,7 @@ def calibrate(
             timings.rejected.append(RejectedRow(row.line, row.graph, "unusable_graph", exc.message))
             continue
         used.append(row)
+        plans.append(plan)
         for name, total in totals.items():
             preds[name].append(total)
     timings.rows = used
@@ -450,6 +531,22 @@ def calibrate(
     profile = chosen[len(PROFILE_PREFIX) :] if chosen.startswith(PROFILE_PREFIX) else None
     own_fit = fit_log_affine(preds[OWN], measured, prior_sd=prior_sd)
     base_preds = preds[chosen]
+    prior = class_prior_for(runtime, root)
+    final: LogAffine | CrossRuntimeFit = fit
+    class_doc = None
+    if prior is not None:
+        terms = np.array([class_scales.class_terms(p.kernels, base.kernel_ms(p)) for p in plans])
+        final = fit_cross_runtime(base_preds, terms, measured, prior, prior_sd, log_affine=fit)
+        calibrated = final.apply(np.asarray(base_preds), terms)
+        class_doc = {
+            "model": "t = sum_i w_i * term_i (leti.class_scales)",
+            "terms": list(class_scales.TERMS),
+            "log_weights": [float(v) for v in final.log_weights],
+            "prior": prior.to_dict(),
+            "combine": "geometric mean of the log-affine map and the class-scale model",
+        }
+    else:
+        calibrated = fit.apply(np.asarray(base_preds))
     digest = timings_sha256(used)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
     doc = {
@@ -477,9 +574,11 @@ def calibrate(
             "own_loo_rms_log_residual": float(np.sqrt(np.mean(own_fit.loo_residuals**2))),
         },
         "map": "log(total_ms) = a + b * log(base_total_ms)"
-        + (" (base total = its kernel sum)" if base_total(runtime) == KERNEL_SUM_TOTAL else ""),
+        + (" (base total = its kernel sum)" if base_total(runtime) == KERNEL_SUM_TOTAL else "")
+        + ("; answer = geometric mean with the class-scale model" if class_doc else ""),
         "a": fit.a,
         "b": fit.b,
+        "class_scales": class_doc,
         "k": len(used),
         "timings_sha256": digest,
         "timings_file": str(Path(csv_path)),
@@ -491,12 +590,12 @@ def calibrate(
             "residual_sd_source": prior_source,
             "residual_sd_weight": PRIOR_WEIGHT,
         },
-        "interval_log_quantiles": list(fit.interval),
+        "interval_log_quantiles": list(final.interval),
         "interval": {
             "coverage": COVERAGE,
             "method": "leave-one-out residuals pooled with the prior residual scale, "
             "Student t with k - 1 + prior weight degrees of freedom",
-            "sd": fit.sd,
+            "sd": final.sd,
         },
         "residuals": [
             {
@@ -505,16 +604,16 @@ def calibrate(
                 "graph_sha256": r.sha256,
                 "measured_ms": r.latency_ms,
                 "base_ms": float(p),
-                "calibrated_ms": float(fit.apply(p)),
+                "calibrated_ms": float(c),
                 "log_residual": float(res),
                 "loo_log_residual": float(lres),
             }
-            for r, p, res, lres in zip(
-                used, base_preds, fit.residuals, fit.loo_residuals, strict=True
+            for r, p, c, res, lres in zip(
+                used, base_preds, calibrated, final.residuals, final.loo_residuals, strict=True
             )
         ],
-        "fit_rms_log_residual": float(np.sqrt(np.mean(fit.residuals**2))),
-        "loo_rms_log_residual": float(np.sqrt(np.mean(fit.loo_residuals**2))),
+        "fit_rms_log_residual": float(np.sqrt(np.mean(final.residuals**2))),
+        "loo_rms_log_residual": float(np.sqrt(np.mean(final.loo_residuals**2))),
         "rejected": [r.to_dict() for r in timings.rejected],
     }
     atomic_write_json(calibration_path(root, soc.id, runtime), doc)
@@ -535,6 +634,10 @@ def read_calibration(models_dir: Path | None, soc: str, runtime: str) -> dict | 
     required = {"a", "b", "interval_log_quantiles", "base", "soc", "runtime", "k", "model_version"}
     if doc.get("format") != FORMAT or not required <= set(doc):
         log.warning("%s: not a %s document; ignored", path, FORMAT)
+        return None
+    cls = doc.get("class_scales")
+    if cls and len(cls.get("log_weights", [])) != len(class_scales.TERMS):
+        log.warning("%s: class scales with other terms; re-run `leti calibrate`; ignored", path)
         return None
     return doc
 
@@ -572,6 +675,7 @@ def with_calibration(est, doc: Mapping[str, Any]):
         "b": doc["b"],
         "timings_sha256": doc["timings_sha256"],
         "base": doc["base"],
+        "class_scales": bool(doc.get("class_scales")),
         "created": doc.get("created"),
     }
     return replace(
@@ -583,6 +687,11 @@ def with_calibration(est, doc: Mapping[str, Any]):
             "a": float(doc["a"]),
             "b": float(doc["b"]),
             "interval_log_quantiles": tuple(doc["interval_log_quantiles"]),
+            **(
+                {"class_log_weights": tuple(doc["class_scales"]["log_weights"])}
+                if doc.get("class_scales")
+                else {}
+            ),
         },
         manifest={**dict(est.manifest), "calibration": summary},
     )

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from leti import socs
+from leti import class_scales, socs
 from leti.errors import LetiError, ModelNotFoundError
 from leti.features import graph_features, kernels_frame
 from leti.graph import parse_graph
@@ -101,6 +101,12 @@ class Estimator:
     def predict_plan(self, plan: KernelPlan) -> Prediction:
         return self._predict_plans([plan])[0]
 
+    def kernel_ms(self, plan: KernelPlan) -> np.ndarray:
+        """Predicted time of each kernel of `plan`, before any graph-level correction."""
+        if not plan.kernels:
+            return np.zeros(0)
+        return np.asarray(self.kernels.predict(kernels_frame(plan.kernels)), float)
+
     def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
         """Batched: one regressor call per kernel kind and one corrector call for all graphs."""
         frames = [kernels_frame(p.kernels) for p in plans]
@@ -119,7 +125,7 @@ class Estimator:
         total = kernel_sum * float(np.exp(log_ratio))
         lo, hi = self.log_interval
         if self.calibration:
-            total, (lo, hi) = _calibrate(total, self.calibration)
+            total, (lo, hi) = _calibrate(total, self.calibration, plan, ms)
         layers = [
             LayerTime(k.name, k.op_type, "+".join((k.kind, *k.fused)), float(t))
             for k, t in zip(plan.kernels, ms, strict=True)
@@ -171,10 +177,18 @@ class Estimator:
         return out  # type: ignore[return-value]
 
 
-def _calibrate(total: float, cal: Mapping) -> tuple[float, tuple[float, float]]:
-    """Log-affine map of the uncalibrated total: log t' = a + b log t (see leti.calibration)."""
+def _calibrate(
+    total: float, cal: Mapping, plan: KernelPlan, ms: np.ndarray
+) -> tuple[float, tuple[float, float]]:
+    """Log-affine map of the uncalibrated total, log t' = a + b log t, and for a cross-runtime
+    calibration its geometric mean with the class-scale model (see leti.calibration)."""
     a, b = float(cal["a"]), float(cal["b"])
     new = float(np.exp(a + b * np.log(max(total, 1e-9))))
+    if "class_log_weights" in cal:
+        terms = class_scales.class_terms(plan.kernels, ms)
+        new = float(
+            class_scales.combine(new, class_scales.predict(terms, cal["class_log_weights"]))
+        )
     lo, hi = cal.get("interval_log_quantiles", (-0.2, 0.2))
     return new, (float(lo), float(hi))
 

@@ -645,7 +645,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets=sets,
         loso=report.loso,
         cache=cache,
-        extra={"calibration_prior_sd": report.prior_sd, "evaluation": report.headline()},
+        extra={
+            "calibration_prior_sd": report.prior_sd,
+            "evaluation": report.headline(),
+            **({"class_priors": {"ncnn-vulkan": report.class_prior}} if report.class_prior else {}),
+        },
     )
     print(f"{manifest['model_version']}: interval {manifest['interval_log_quantiles']}")
     return 0

@@ -33,16 +33,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leti import calibration, socs, transfer
+from leti import calibration, class_scales, socs, transfer
 from leti.evaluate import metrics
 from leti.fit import load_plan
+from leti.store import sha256_file
 
 log = logging.getLogger(__name__)
 
 KS = (3, 5, 10)
 DRAWS = 20
 SEED = 0
-MIN_TEST = 3
+NCNN_FOLDS = 5
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "transfer.md"
 METRIC_KEYS = ("acc10", "acc20", "mape", "kendall_tau")
@@ -82,6 +83,7 @@ class CalibratedRun:
     coverage: float  # share of test timings inside the calibrated 90% interval
     log_residuals: np.ndarray  # log(measured / calibrated) over every draw
     picks: dict[str, float]  # which base the calibrations kept, share of fits
+    log_affine: dict[str, float] | None = None  # cross-runtime: the log-affine half alone
 
 
 def _pick_share(picks: Sequence[str]) -> dict[str, float]:
@@ -179,7 +181,24 @@ class NcnnResult:
     predictions: pd.DataFrame
 
 
-def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> pd.DataFrame:
+@dataclass
+class NcnnTable:
+    """One target's base predictions: `frame` has the measured and predicted totals per model
+    (columns `transfer` and `profile:<soc>`), `terms` the class-scale terms of each base."""
+
+    target: Any
+    frame: pd.DataFrame
+    terms: dict[str, np.ndarray]
+
+
+def _class_terms(
+    pipe: transfer.TransferPipeline, ns: Any, hw: Any, models: list[str]
+) -> np.ndarray:
+    ms = transfer.kernel_sums(pipe.kernels, ns, hw, models)
+    return np.array([class_scales.class_terms(ns.plans[m].kernels, ms[m]) for m in models])
+
+
+def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
     t = target.timings
     plans = {m: load_plan(g, "ncnn-vulkan") for m, g in zip(t["model"], t["graph"], strict=True)}
     models = list(t["model"])
@@ -200,51 +219,115 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> pd.DataFra
             "flops": [_flops(plans[m]) for m in models],
         }
     )
+    terms = {"transfer": _class_terms(pipe, ns, target.gpu, models)}
     for s in pipe.train_socs:
-        frame[f"profile:{s}"] = transfer.predict_detail(pipe, ns, socs.resolve(s), models)[which]
-    return frame
+        hw = socs.resolve(s)
+        frame[f"profile:{s}"] = transfer.predict_detail(pipe, ns, hw, models)[which]
+        terms[f"profile:{s}"] = _class_terms(pipe, ns, hw, models)
+    return NcnnTable(target, frame, terms)
 
 
-def ncnn_calibrated(pred: pd.DataFrame, k: int, prior_sd: float, tag: str) -> CalibratedRun | None:
-    n = len(pred)
-    if n - k < MIN_TEST:
+def _ncnn_folds(n: int, tag: str) -> np.ndarray:
+    """Grouped model folds of one target (each model in exactly one test fold)."""
+    perm = np.random.default_rng([SEED, *map(ord, tag)]).permutation(n)
+    fold = np.empty(n, int)
+    fold[perm] = np.arange(n) % NCNN_FOLDS
+    return fold
+
+
+def ncnn_class_prior(
+    tables: Sequence[NcnnTable],
+    exclude_gpu: str | None = None,
+    exclude_models: set[str] = frozenset(),
+) -> class_scales.ClassPrior:
+    """The class-scale prior learned on the other GPUs' timings of the other models."""
+    groups = []
+    for tb in tables:
+        if tb.target.gpu.id == exclude_gpu:
+            continue
+        keep = ~tb.frame["model"].isin(exclude_models).to_numpy()
+        groups.append((tb.terms["transfer"][keep], tb.frame["measured"].to_numpy(float)[keep]))
+    return class_scales.learn_prior(
+        groups, "ncnn benchmark (BSD-3): per-GPU fits of the mobile GPUs' Vulkan timings"
+    )
+
+
+def _calibrate_cross(
+    tb: NcnnTable,
+    cal: np.ndarray,
+    test: np.ndarray,
+    prior: class_scales.ClassPrior,
+    prior_sd: float,
+):
+    """The shipped cross-runtime calibration on rows `cal`, applied to rows `test`:
+    (calibrated, interval, base kept, log-affine half alone)."""
+    f = tb.frame
+    y = f["measured"].to_numpy(float)[cal]
+    cols = ["transfer", *(c for c in f.columns if c.startswith("profile:"))]
+    cands = {c: f[c].to_numpy(float)[cal] for c in cols}
+    cands = {c: v for c, v in cands.items() if np.isfinite(v).all()}
+    name, la = calibration.select_and_fit(cands, y, prior_sd)
+    base = f[name].to_numpy(float)
+    fit = calibration.fit_cross_runtime(
+        base[cal], tb.terms[name][cal], y, prior, prior_sd, log_affine=la
+    )
+    return fit.apply(base[test], tb.terms[name][test]), fit.interval, name, la.apply(base[test])
+
+
+def ncnn_calibrated(
+    tb: NcnnTable, priors: Sequence[class_scales.ClassPrior], k: int, prior_sd: float
+) -> CalibratedRun | None:
+    """Grouped folds: a fold's models are test models, calibration draws k of the others, and
+    the class prior (`priors[fold]`) never saw the fold's models nor this GPU."""
+    f = tb.frame
+    n = len(f)
+    fold = _ncnn_folds(n, tb.target.gpu.id)
+    if min(int((fold != i).sum()) for i in range(NCNN_FOLDS)) < k:
         return None
-    runs, fl_runs, inside, resid, picks = [], [], [], [], []
+    y = f["measured"].to_numpy(float)
+    flops = f["flops"].to_numpy(float)
+    runs, la_runs, fl_runs, inside, resid, picks = [], [], [], [], [], []
     for r in range(DRAWS):
-        rng = np.random.default_rng([SEED, r, k, *map(ord, tag)])
-        order = rng.permutation(n)
-        cal, test = pred.iloc[order[:k]], pred.iloc[order[k:]]
-        p, (lo, hi), pick = _calibrate_predict(cal, test, prior_sd)
-        picks.append(pick)
-        a, b = _flops_fit(cal["flops"].to_numpy(), cal["measured"].to_numpy())
-        fp = np.exp(a + b * np.log(test["flops"].to_numpy()))
-        runs.append(metrics(p, test["measured"].to_numpy()))
-        fl_runs.append(metrics(fp, test["measured"].to_numpy()))
-        lr = np.log(test["measured"].to_numpy() / p)
-        inside.extend((lr >= lo) & (lr <= hi))
-        resid.extend(lr)
+        pred, la_pred, fpred = np.empty(n), np.empty(n), np.empty(n)
+        for i in range(NCNN_FOLDS):
+            test = np.flatnonzero(fold == i)
+            pool = np.flatnonzero(fold != i)
+            rng = np.random.default_rng([SEED, r, k, i, *map(ord, tb.target.gpu.id)])
+            cal = rng.choice(pool, size=k, replace=False)
+            p, (lo, hi), pick, lp = _calibrate_cross(tb, cal, test, priors[i], prior_sd)
+            pred[test], la_pred[test] = p, lp
+            picks.append(pick)
+            a, b = _flops_fit(flops[cal], y[cal])
+            fpred[test] = np.exp(a + b * np.log(flops[test]))
+            lr = np.log(y[test] / p)
+            inside.extend((lr >= lo) & (lr <= hi))
+            resid.extend(lr)
+        runs.append(metrics(pred, y))
+        la_runs.append(metrics(la_pred, y))
+        fl_runs.append(metrics(fpred, y))
     return CalibratedRun(
         _mean_metrics(runs),
         _mean_metrics(fl_runs),
         float(np.mean(inside)),
         np.array(resid),
         _pick_share(picks),
+        log_affine=_mean_metrics(la_runs),
     )
 
 
-def evaluate_ncnn(
-    pipe: transfer.TransferPipeline,
-    sets: Mapping[str, Any],
-    data_dir: Path,
-    zoo_dir: Path,
-    prior_sd: float,
-) -> list[NcnnResult]:
+def ncnn_tables(pipe: transfer.TransferPipeline, data_dir: Path, zoo_dir: Path) -> list[NcnnTable]:
     from leti import ncnn_data
 
+    return [ncnn_predictions(pipe, t) for t in ncnn_data.load_targets(data_dir, zoo_dir)]
+
+
+def evaluate_ncnn(
+    tables: Sequence[NcnnTable], sets: Mapping[str, Any], prior_sd: float
+) -> list[NcnnResult]:
     flops82 = {m: _flops(p) for s in sets for m, p in sets[s].plans.items()}
     out = []
-    for target in ncnn_data.load_targets(data_dir, zoo_dir):
-        pred = ncnn_predictions(pipe, target)
+    for tb in tables:
+        target, pred = tb.target, tb.frame
         ref = nearest_measured(target.gpu, sorted(sets))
         ref_models = sets[ref].models
         a, b = _flops_fit(
@@ -253,9 +336,15 @@ def evaluate_ncnn(
         )
         scale = socs.resolve(ref).fp16_gflops / target.gpu.fp16_gflops
         base = np.exp(a + b * np.log(pred["flops"].to_numpy())) * scale
+        fold = _ncnn_folds(len(pred), target.gpu.id)
+        models = pred["model"].to_numpy()
+        priors = [
+            ncnn_class_prior(tables, target.gpu.id, set(models[fold == i]))
+            for i in range(NCNN_FOLDS)
+        ]
         cal = {}
         for k in KS:
-            run = ncnn_calibrated(pred, k, prior_sd, target.gpu.id)
+            run = ncnn_calibrated(tb, priors, k, prior_sd)
             if run is not None:
                 cal[k] = run
         out.append(
@@ -292,6 +381,7 @@ class TransferReport:
     prior_sd: dict[str, float]
     elapsed_s: float
     ncnn_note: str = ""
+    class_prior: dict[str, Any] | None = None  # for the transfer manifest's `class_priors`
 
     def headline(self) -> dict[str, Any]:
         k5 = self.calibrated[5]
@@ -307,6 +397,10 @@ class TransferReport:
         runs = [r.calibrated[5] for r in self.ncnn if 5 in r.calibrated]
         if runs:
             doc["ncnn_k5_median_acc20"] = float(np.median([r.leti["acc20"] for r in runs]))
+            doc["ncnn_k5_mean_acc20"] = float(np.mean([r.leti["acc20"] for r in runs]))
+            doc["ncnn_k5_log_affine_median_acc20"] = float(
+                np.median([r.log_affine["acc20"] for r in runs if r.log_affine])
+            )
             doc["ncnn_k5_beats_flops_mape"] = sum(r.leti["mape"] < r.flops["mape"] for r in runs)
             doc["ncnn_k5_beats_flops_acc20"] = sum(r.leti["acc20"] > r.flops["acc20"] for r in runs)
             doc["ncnn_targets"] = len(runs)
@@ -344,6 +438,7 @@ class TransferReport:
                             "flops": c.flops,
                             "coverage90": c.coverage,
                             "bases_kept": c.picks,
+                            "log_affine_alone": c.log_affine,
                         }
                         for k, c in r.calibrated.items()
                     },
@@ -382,7 +477,9 @@ class TransferReport:
                 f"**{_pct(h['ncnn_k5_median_acc20'])}** (target ≥ 75%); lower MAPE than the "
                 f"FLOPs fit on the same 5 timings on **{h['ncnn_k5_beats_flops_mape']}/"
                 f"{h['ncnn_targets']}** targets, higher ±20% accuracy on "
-                f"{h['ncnn_k5_beats_flops_acc20']}/{h['ncnn_targets']}."
+                f"{h['ncnn_k5_beats_flops_acc20']}/{h['ncnn_targets']}. Mean over the targets "
+                f"{_pct(h['ncnn_k5_mean_acc20'])}; the log-affine half alone: median "
+                f"{_pct(h['ncnn_k5_log_affine_median_acc20'])}."
             )
         elif self.ncnn_note:
             lines.append(f"- ncnn-vulkan: {self.ncnn_note}")
@@ -461,16 +558,23 @@ class TransferReport:
                 "ncnn-vulkan fusion rules, exactly as `leti calibrate --runtime ncnn-vulkan` "
                 "does for a SoC in the registry (including the choice among profiles); as a "
                 "cross-runtime base it answers its kernel sum, without the tflite-gpu "
-                "graph-level corrector (zero-shot columns included). "
-                "Calibrate on k of the GPU's models, test on the "
-                "rest (k = 10 only where at least 3 test models remain). FLOPs: log-log fit on "
-                "the same k timings. Zero-shot baseline: the nearest measured SoC's FLOPs "
-                "regression scaled by the FP16 peak ratio.",
+                "graph-level corrector (zero-shot columns). "
+                "Calibration (`leti.calibration.fit_cross_runtime`): the geometric mean of the "
+                "log-affine map of the base and of per-kernel-class scales "
+                "(`leti.class_scales`) whose prior is learned on the *other* GPUs' timings of "
+                "the *other* models. Protocol: each GPU's models are split into 5 grouped "
+                "folds; a fold's models are test models, the k calibration timings are drawn "
+                "from the GPU's other models, and the class prior is relearned without this "
+                "GPU and without the fold's models, so no test model is seen on any GPU "
+                f"({DRAWS} draws; k = 10 only where every fold leaves 10 models). "
+                "'log-affine alone' is the first half on its own (the calibration before the "
+                "class scales). FLOPs: log-log fit on the same k timings. Zero-shot baseline: the "
+                "nearest measured SoC's FLOPs regression scaled by the FP16 peak ratio.",
                 "",
                 "| GPU | models | zero-shot ±20% | zero-shot MAPE | zero-shot τ | baseline MAPE "
-                "| k=5 ±20% | k=5 MAPE | k=5 τ | FLOPs k=5 ±20% | FLOPs k=5 MAPE | FLOPs k=5 τ "
-                "| beats FLOPs (MAPE) |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "| k=5 ±20% | k=5 MAPE | k=5 τ | log-affine alone k=5 ±20% | FLOPs k=5 ±20% "
+                "| FLOPs k=5 MAPE | FLOPs k=5 τ | beats FLOPs (MAPE) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for r in self.ncnn:
                 c = r.calibrated.get(5)
@@ -480,11 +584,13 @@ class TransferReport:
                     f"{_pct(z['mape'])} | {_tau(z['kendall_tau'])} | {_pct(zb['mape'])} | "
                 )
                 if c is None:
-                    row += "– | – | – | – | – | – | – |"
+                    row += "– | – | – | – | – | – | – | – |"
                 else:
+                    la = c.log_affine or {}
                     row += (
                         f"{_pct(c.leti['acc20'])} | {_pct(c.leti['mape'])} | "
-                        f"{_tau(c.leti['kendall_tau'])} | {_pct(c.flops['acc20'])} | "
+                        f"{_tau(c.leti['kendall_tau'])} | {_pct(la.get('acc20'))} | "
+                        f"{_pct(c.flops['acc20'])} | "
                         f"{_pct(c.flops['mape'])} | {_tau(c.flops['kendall_tau'])} | "
                         f"{'yes' if c.leti['mape'] < c.flops['mape'] else 'no'} |"
                     )
@@ -565,19 +671,36 @@ def run(
     data_dir, zoo_dir = shared / "data" / "ncnn-benchmark", shared / "zoo" / "ncnn"
     ncnn: list[NcnnResult] = []
     note = ""
+    class_prior = None
     if (data_dir / "ncnn_benchmark.csv").is_file() and (zoo_dir / "mapping.json").is_file():
         pipe = transfer.fit_transfer(cache, sorted(sets))
-        probe_n = evaluate_ncnn(pipe, sets, data_dir, zoo_dir, calibration.DEFAULT_PRIOR_SD)
+        tables = ncnn_tables(pipe, data_dir, zoo_dir)
+        probe_n = evaluate_ncnn(tables, sets, calibration.DEFAULT_PRIOR_SD)
         resid = [r.calibrated[5].log_residuals for r in probe_n if 5 in r.calibrated]
         if resid:
             prior["cross_runtime"] = _rms(np.concatenate(resid))
-        ncnn = evaluate_ncnn(
-            pipe, sets, data_dir, zoo_dir, prior.get("cross_runtime", calibration.DEFAULT_PRIOR_SD)
-        )
+        ncnn = evaluate_ncnn(tables, sets, prior.get("cross_runtime", calibration.DEFAULT_PRIOR_SD))
+        class_prior = {
+            **ncnn_class_prior(tables).to_dict(),
+            "data": {
+                "path": str(data_dir / "ncnn_benchmark.csv"),
+                "licence": "BSD-3-Clause (the ncnn project's benchmark/README.md)",
+                "sha256": sha256_file(data_dir / "ncnn_benchmark.csv"),
+                "gpus": [tb.target.gpu.id for tb in tables],
+                "graphs": str(zoo_dir),
+            },
+        }
     else:
         note = f"skipped: ncnn benchmark or graphs not found under {shared}"
     report = TransferReport(
-        loso, zero, calibrated, ncnn, prior, time.perf_counter() - t0, ncnn_note=note
+        loso,
+        zero,
+        calibrated,
+        ncnn,
+        prior,
+        time.perf_counter() - t0,
+        ncnn_note=note,
+        class_prior=class_prior,
     )
     return report, sets, cache
 
