@@ -10,8 +10,10 @@ Two protocols, both written to benchmarks/transfer.md (+ .json), generated, neve
    `DRAWS` random draws; metrics are the mean over draws of metrics over all held-out models.
 2. ncnn-vulkan on the mobile GPUs of the ncnn benchmark (`leti.ncnn_data`). The base is the
    transfer pipeline trained on all measured SoCs, given the GPU's approximate descriptors
-   (`data/ncnn_gpus.json`) and the ncnn-vulkan fusion rules; calibrate on k of the GPU's
-   models, test on the rest, over `DRAWS` draws.
+   (`data/ncnn_gpus.json`) and the ncnn-vulkan fusion rules. Each GPU's models are split into
+   `NCNN_FOLDS` grouped folds: a fold's models are tested, k calibration timings are drawn
+   from the GPU's other models (`DRAWS` draws), and the class-scale prior is relearned on the
+   other GPUs without the fold's models, so a test model is never seen on any GPU.
 
 Baselines: zero-shot, the FLOPs log-log regression of the nearest measured SoC (same family
 first, then nearest FP16 peak) scaled by the ratio of FP16 peaks; calibrated, a log-log FLOPs
