@@ -321,14 +321,13 @@ def fit_cross_runtime(
     la = log_affine or fit_log_affine(base, y, prior_sd=prior_sd)
     w = class_scales.fit_log_weights(terms, y, prior)
     resid = np.log(y) - np.log(class_scales.combine(la.apply(base), class_scales.predict(terms, w)))
+    # the log-affine half's leave-one-out prediction is measured / exp(its loo residual)
+    la_loo = y * np.exp(-la.loo_residuals)
     loo = np.empty(len(y))
     for i in range(len(y)):
         keep = np.arange(len(y)) != i
-        a, b = _ab(np.log(base[keep]), np.log(y[keep]), SLOPE_PRIOR)
         wi = class_scales.fit_log_weights(terms[keep], y[keep], prior)
-        pred = class_scales.combine(
-            np.exp(a + b * np.log(base[i])), class_scales.predict(terms[i], wi)
-        )
+        pred = class_scales.combine(la_loo[i], class_scales.predict(terms[i], wi))
         loo[i] = np.log(y[i]) - np.log(float(pred))
     sd, interval = _interval(loo, prior_sd)
     return CrossRuntimeFit(la, w, resid, loo, sd, interval)

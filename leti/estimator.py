@@ -103,16 +103,18 @@ class Estimator:
 
     def kernel_ms(self, plan: KernelPlan) -> np.ndarray:
         """Predicted time of each kernel of `plan`, before any graph-level correction."""
-        if not plan.kernels:
-            return np.zeros(0)
-        return np.asarray(self.kernels.predict(kernels_frame(plan.kernels)), float)
+        return self._kernel_ms([plan])[0]
 
-    def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
-        """Batched: one regressor call per kernel kind and one corrector call for all graphs."""
+    def _kernel_ms(self, plans: Sequence[KernelPlan]) -> list[np.ndarray]:
+        """Per-kernel times of every plan, with one regressor call per kernel kind."""
         frames = [kernels_frame(p.kernels) for p in plans]
         sizes = [len(f) for f in frames]
         all_ms = self.kernels.predict(pd.concat(frames, ignore_index=True)) if sum(sizes) else []
-        split = np.split(np.asarray(all_ms, float), np.cumsum(sizes)[:-1])
+        return np.split(np.asarray(all_ms, float), np.cumsum(sizes)[:-1])
+
+    def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
+        """Batched: one regressor call per kernel kind and one corrector call for all graphs."""
+        split = self._kernel_ms(plans)
         feats = np.array([graph_features(p, ms) for p, ms in zip(plans, split, strict=True)])
         log_ratio = self.corrector.predict(feats)
         return [

@@ -306,7 +306,13 @@ def predict_detail(
     pipe: TransferPipeline, ts: Any, hw: Hardware, models: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(end-to-end, kernel sum, share of the kernel sum in compute-bound kinds)."""
-    ms = kernel_sums(pipe.kernels, ts, hw, models)
+    return detail_from_kernel_ms(pipe, ts, models, kernel_sums(pipe.kernels, ts, hw, models))
+
+
+def detail_from_kernel_ms(
+    pipe: TransferPipeline, ts: Any, models: Sequence[str], ms: Mapping[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`predict_detail` from per-kernel times already predicted (`kernel_sums`)."""
     sums = np.array([max(float(ms[m].sum()), 1e-6) for m in models])
     share = np.array(
         [

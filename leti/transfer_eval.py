@@ -193,13 +193,6 @@ class NcnnTable:
     terms: dict[str, np.ndarray]
 
 
-def _class_terms(
-    pipe: transfer.TransferPipeline, ns: Any, hw: Any, models: list[str]
-) -> np.ndarray:
-    ms = transfer.kernel_sums(pipe.kernels, ns, hw, models)
-    return np.array([class_scales.class_terms(ns.plans[m].kernels, ms[m]) for m in models])
-
-
 def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
     t = target.timings
     plans = {m: load_plan(g, "ncnn-vulkan") for m, g in zip(t["model"], t["graph"], strict=True)}
@@ -208,7 +201,14 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
     # kernel sum for a cross-runtime base, else the corrected total.
     which = 1 if calibration.base_total("ncnn-vulkan") == calibration.KERNEL_SUM_TOTAL else 0
     ns = SimpleNamespace(plans=plans)
-    detail = transfer.predict_detail(pipe, ns, target.gpu, models)
+
+    def priced(hw: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """(predict_detail, class-scale terms) on `hw`, from one kernel-time prediction."""
+        ms = transfer.kernel_sums(pipe.kernels, ns, hw, models)
+        terms = np.array([class_scales.class_terms(plans[m].kernels, ms[m]) for m in models])
+        return transfer.detail_from_kernel_ms(pipe, ns, models, ms), terms
+
+    detail, own_terms = priced(target.gpu)
     totals, sums, share = detail
     frame = pd.DataFrame(
         {
@@ -221,11 +221,10 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
             "flops": [_flops(plans[m]) for m in models],
         }
     )
-    terms = {"transfer": _class_terms(pipe, ns, target.gpu, models)}
+    terms = {"transfer": own_terms}
     for s in pipe.train_socs:
-        hw = socs.resolve(s)
-        frame[f"profile:{s}"] = transfer.predict_detail(pipe, ns, hw, models)[which]
-        terms[f"profile:{s}"] = _class_terms(pipe, ns, hw, models)
+        profile, terms[f"profile:{s}"] = priced(socs.resolve(s))
+        frame[f"profile:{s}"] = profile[which]
     return NcnnTable(target, frame, terms)
 
 
