@@ -15,8 +15,8 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from leti import measurements
-from leti.fit import load_plan
+from leti.measurements import schema as measurements
+from leti.train.fit import load_plan
 
 CONV_LIKE = ("conv", "dwconv", "gconv", "fc")
 OUT = Path(__file__).with_name("kernel_matching.md")

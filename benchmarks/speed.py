@@ -17,10 +17,10 @@ from pathlib import Path
 
 import onnx
 
-from leti.estimator import Estimator
-from leti.features import graph_features, kernels_frame
-from leti.graph import parse_graph
-from leti.kernels import plan as plan_kernels
+from leti.frontend.features import graph_features, kernels_frame
+from leti.frontend.fusion import plan as plan_kernels
+from leti.frontend.graph import parse_graph
+from leti.predict.estimator import Estimator
 
 OUT = Path(__file__).with_name("speed.md")
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -8,18 +8,18 @@ __version__ = "0.1.0"
 __all__ = ["Estimator", "Prediction", "__version__"]
 
 if TYPE_CHECKING:
-    from leti.estimator import Estimator
-    from leti.records import Prediction
+    from leti.core.records import Prediction
+    from leti.predict.estimator import Estimator
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so `import leti` (e.g. for the client in a NAS loop) does not pull in xgboost.
     if name == "Estimator":
-        from leti.estimator import Estimator
+        from leti.predict.estimator import Estimator
 
         return Estimator
     if name == "Prediction":
-        from leti.records import Prediction
+        from leti.core.records import Prediction
 
         return Prediction
     raise AttributeError(name)

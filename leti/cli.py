@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from leti.errors import LetiError
+from leti.core.errors import LetiError
 
 
 def _shape_arg(text: str) -> tuple[str, list[int]]:
@@ -39,7 +39,7 @@ def _add_measurements_dir(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from leti.measurements import import_mobile_ml_benchmark
+    from leti.measurements.importers import import_mobile_ml_benchmark
 
     if args.source != "mobile-ml-benchmark":
         raise LetiError(f"unknown source {args.source!r}; known: mobile-ml-benchmark")
@@ -50,14 +50,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from leti.evaluate import evaluate_soc, measured_pairs
-    from leti.fit import fit_and_save
-    from leti.store import models_dir
+    from leti.core.store import models_dir
+    from leti.evaluate.accuracy import evaluate_soc, measured_pairs
+    from leti.train.fit import fit_and_save
 
     root = models_dir(args.models_dir)
     pairs = measured_pairs(args.measurements_dir)
     if args.soc:
-        from leti.socs import resolve
+        from leti.core.socs import resolve
 
         pairs = [p for p in pairs if p[0] == resolve(args.soc).id]
     if args.runtime:
@@ -78,7 +78,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not args.no_transfer and not args.soc and args.runtime in (None, "tflite-gpu"):
         # The transfer model learns from every measured SoC at once; its leave-one-SoC-out
         # evaluation sizes the intervals of unmeasured SoCs, so it runs as part of fitting.
-        from leti.transfer import main as fit_transfer
+        from leti.train.transfer import main as fit_transfer
 
         argv = ["--models-dir", str(root)]
         if args.measurements_dir:
@@ -88,7 +88,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from leti.estimator import Estimator
+    from leti.predict.estimator import Estimator
 
     est = Estimator.load(args.soc, args.runtime, args.models_dir)
     shapes = dict(args.input_shape) if args.input_shape else None
@@ -113,11 +113,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.transfer:
-        from leti.transfer_eval import main as transfer_main
+        from leti.evaluate.transfer import main as transfer_main
 
         return transfer_main(args)
-    from leti.evaluate import evaluate_soc, measured_pairs, plot_png, report_markdown
-    from leti.store import atomic_write_json, atomic_write_text
+    from leti.core.store import atomic_write_json, atomic_write_text
+    from leti.evaluate.accuracy import evaluate_soc, measured_pairs, plot_png, report_markdown
 
     t0 = time.perf_counter()
     pairs = measured_pairs(args.measurements_dir)
@@ -146,19 +146,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from leti.server import run_serve
+    from leti.service.server import run_serve
 
     return run_serve(args) or 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from leti.calibration import run_calibrate
+    from leti.train.calibrate import run_calibrate
 
     return run_calibrate(args) or 0
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from leti.measure import run_measure
+    from leti.measurements.collect import run_measure
 
     return run_measure(args) or 0
 
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the HTTP API (waitress)")
     try:
-        from leti.server import add_serve_arguments
+        from leti.service.server import add_serve_arguments
 
         add_serve_arguments(p)
     except ImportError:  # pragma: no cover - server module missing in a broken install
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("measure", help="collect per-kernel measurements on a device")
     try:
-        from leti.measure import add_measure_arguments
+        from leti.measurements.collect import add_measure_arguments
 
         add_measure_arguments(p)
     except ImportError:  # pragma: no cover

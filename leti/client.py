@@ -107,7 +107,7 @@ def _error_class(status: int, error: str) -> type[ClientError]:
 
 
 def _strip(model: onnx.ModelProto) -> onnx.ModelProto:
-    from leti.graph import strip_weights
+    from leti.frontend.graph import strip_weights
 
     return strip_weights(model)
 
@@ -116,7 +116,7 @@ def graph_bytes(graph: GraphLike, strip: bool = True) -> bytes:
     """The bytes to upload for `graph`: a graph-only copy when `strip` (initializer dims kept,
     data dropped; external data is never read). Bytes that do not parse are sent as they are,
     so the server can say what is wrong with them."""
-    from leti.graph import load_model
+    from leti.frontend.graph import load_model
 
     if isinstance(graph, onnx.ModelProto):
         return (_strip(graph) if strip else graph).SerializeToString()

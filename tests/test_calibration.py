@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from leti import calibration
-from leti.calibration import CalibrationError, fit_log_affine, read_timings, select_and_fit
 from leti.cli import main as cli_main
-from leti.estimator import Estimator, available
+from leti.predict.estimator import Estimator, available
+from leti.train import calibrate as calibration
+from leti.train.calibrate import CalibrationError, fit_log_affine, read_timings, select_and_fit
 from tests.test_transfer import build_synthetic_transfer
 
 GRAPHS = ("squeezenet", "shufflenet", "bvlc_alexnet", "inception_v1", "resnet50")
@@ -42,7 +42,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def base_totals(root: Path, soc: str, runtime: str, graphs: list[Path]) -> np.ndarray:
-    from leti import socs
+    from leti.core import socs
 
     base = calibration.load_base(socs.resolve(soc), runtime, root)
     return np.array([base.predict(g).total_ms for g in graphs])
@@ -211,7 +211,7 @@ def test_cross_runtime_base_is_the_kernel_sum(tmp_path, light_dir, models):
     """An ncnn-vulkan calibration sits on the tflite-gpu estimator's kernel sum (ncnn fusion),
     without its graph-level corrector; a document written before `base.total` existed keeps
     the corrected total it was fitted on."""
-    from leti import socs
+    from leti.core import socs
 
     soc = socs.resolve("snapdragon888")
     graphs = [light(light_dir, g) for g in GRAPHS[:4]]
@@ -275,7 +275,7 @@ def test_transfer_calibration_and_no_stacking(tmp_path, light_dir, models):
 
 
 def test_service_round_trip(tmp_path, light_dir, models):
-    from leti.service import create_app
+    from leti.service.app import create_app
 
     graphs = [light(light_dir, g) for g in GRAPHS[:4]]
     base = base_totals(models, "snapdragon888", "ncnn-vulkan", graphs)

@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from leti import calibration, class_scales
-from leti.class_scales import ClassPrior, class_terms, fit_log_weights, learn_prior
-from leti.estimator import Estimator
-from leti.records import Kernel
+from leti.core.records import Kernel
+from leti.models import class_scales
+from leti.models.class_scales import ClassPrior, class_terms, fit_log_weights, learn_prior
+from leti.predict.estimator import Estimator
+from leti.train import calibrate as calibration
 from tests.test_calibration import GRAPHS, light, models, synth_root, write_csv  # noqa: F401
 
 TRUE = np.log([2.0, 3.0, 1.5, 4.0, 0.5])  # absolute log weights used to fake timings
@@ -114,7 +115,7 @@ def set_class_prior(models_root, prior_doc) -> None:
 
 
 def test_ncnn_calibration_combines_both_halves(tmp_path, light_dir, models):  # noqa: F811
-    from leti import socs
+    from leti.core import socs
 
     set_class_prior(models, prior_at(TRUE).to_dict())
     base = calibration.load_base(socs.resolve("kirin9000"), "ncnn-vulkan", models)

@@ -25,7 +25,7 @@ from leti.client import (
     UnprocessableGraph,
     graph_bytes,
 )
-from leti.server import BackgroundServer
+from leti.service.server import BackgroundServer
 
 
 def heavy_model(channels: int = 128, dims: list | None = None) -> onnx.ModelProto:
@@ -47,7 +47,7 @@ def heavy_model(channels: int = 128, dims: list | None = None) -> onnx.ModelProt
 
 @pytest.fixture(scope="module")
 def target() -> tuple[str, str]:
-    from leti.estimator import available
+    from leti.predict.estimator import available
 
     pairs = [(a["soc"], a["runtime"]) for a in available()]
     if not pairs:

@@ -11,9 +11,9 @@ from onnx import TensorProto, helper
 
 from leti import Estimator
 from leti.cli import main as cli_main
-from leti.errors import GraphError, UnknownRuntimeError, UnknownSocError
-from leti.estimator import OVERHEAD_LAYER, available
-from leti.records import Prediction
+from leti.core.errors import GraphError, UnknownRuntimeError, UnknownSocError
+from leti.core.records import Prediction
+from leti.predict.estimator import OVERHEAD_LAYER, available
 from tests.helpers import assert_no_pickle as _assert_no_pickle
 
 REPO = Path(__file__).resolve().parent.parent

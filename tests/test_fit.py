@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leti import fit as fit_mod
-from leti.estimator import Estimator
-from leti.evaluate import evaluate_soc, metrics
-from leti.features import kernels_frame
-from leti.graph import parse_graph
-from leti.kernels import plan
-from leti.measurements import E2E_COLUMNS, KERNEL_COLUMNS
+from leti.evaluate.accuracy import evaluate_soc, metrics
+from leti.frontend.features import kernels_frame
+from leti.frontend.fusion import plan
+from leti.frontend.graph import parse_graph
+from leti.measurements.schema import E2E_COLUMNS, KERNEL_COLUMNS
+from leti.predict.estimator import Estimator
+from leti.train import fit as fit_mod
 from tests.helpers import assert_no_pickle as _assert_no_pickle
 
 

@@ -14,17 +14,17 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from leti import graph as G
-from leti import shapes, weights
-from leti.errors import (
+from leti.core.errors import (
     GraphError,
     GraphTooLargeError,
     LetiError,
     SymbolicShapeError,
     TooManyLayersError,
 )
-from leti.graph import DEFAULT_MAX_LAYERS, load_model, parse_graph, strip_weights
-from leti.records import Graph
+from leti.core.records import Graph
+from leti.frontend import graph as G
+from leti.frontend import shapes, weights
+from leti.frontend.graph import DEFAULT_MAX_LAYERS, load_model, parse_graph, strip_weights
 
 MAIN_OPS = {
     "Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool",

@@ -9,8 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from leti.graph import parse_graph
-from leti.kernels import plan
+from leti.frontend.fusion import plan
+from leti.frontend.graph import parse_graph
 
 SHAPE = [1, 8, 16, 16]
 
@@ -149,15 +149,15 @@ def test_kernel_matching_on_the_measured_models(shared_dir, tmp_path):
     """The ONNX-derived kernels must match >= 95% of the delegate's measured conv-like ops."""
     import sys
 
-    from leti.importers import import_mobile_ml_benchmark
+    from leti.measurements.importers import import_mobile_ml_benchmark
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     bench = pytest.importorskip("kernel_matching")
     import_mobile_ml_benchmark(
         shared_dir / "data" / "mobile-ml-benchmark", out_dir=tmp_path / "mobile-ml-benchmark"
     )
-    from leti.fit import load_plan
-    from leti.measurements import load_e2e, load_kernels
+    from leti.measurements.schema import load_e2e, load_kernels
+    from leti.train.fit import load_plan
 
     rows = load_kernels(tmp_path, soc="snapdragon855", runtime="tflite-gpu")
     graphs = load_e2e(tmp_path, soc="snapdragon855", runtime="tflite-gpu").set_index("model")

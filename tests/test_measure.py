@@ -20,11 +20,17 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper
 
-from leti import measure
 from leti.cli import main
-from leti.errors import MeasurementError, UnknownSocError
-from leti.measure import NO_KERNELS, DeviceError, gpu_family, kernel_family, parse_benchmark_log
-from leti.measurements import KERNEL_COLUMNS, load_e2e, load_kernels
+from leti.core.errors import MeasurementError, UnknownSocError
+from leti.measurements import collect as measure
+from leti.measurements.collect import (
+    NO_KERNELS,
+    DeviceError,
+    gpu_family,
+    kernel_family,
+    parse_benchmark_log,
+)
+from leti.measurements.schema import KERNEL_COLUMNS, load_e2e, load_kernels
 
 SAMPLE = Path(__file__).parent / "data" / "benchmark_model_gpu_sample.txt"
 GPU_NAMES = [

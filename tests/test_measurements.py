@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from leti import measurements
-from leti.errors import MeasurementError
-from leti.importers import ImportReport, import_mobile_ml_benchmark
-from leti.measurements import (
+from leti.core.errors import MeasurementError
+from leti.measurements import schema as measurements
+from leti.measurements.importers import ImportReport, import_mobile_ml_benchmark
+from leti.measurements.schema import (
     E2E_COLUMNS,
     KERNEL_COLUMNS,
     data_manifest,
@@ -155,17 +155,6 @@ def source(tmp_path: Path) -> Path:
 
 
 # --- clean import ----------------------------------------------------------------------------
-
-
-def test_importer_is_still_reachable_from_measurements(source: Path, tmp_path: Path) -> None:
-    """The importer moved to `leti.importers`; the old names resolve lazily (no import cycle)."""
-    from leti.measurements import ImportReport as OldReport
-
-    assert OldReport is ImportReport and measurements.SOURCE_NAME == "mobile-ml-benchmark"
-    report = measurements.import_mobile_ml_benchmark(source, tmp_path / "m" / "x")
-    assert isinstance(report, ImportReport) and report.written["e2e"] == 5
-    with pytest.raises(AttributeError):
-        _ = measurements.no_such_name
 
 
 def test_clean_import_maps_every_row(source: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """The HTTP service: Flask test client for most cases, plus the real waitress server in a
 subprocess for every endpoint and every error row over real HTTP.
 
-Everything runs against the real `leti.estimator` and the bundled models/ (or
+Everything runs against the real `leti.predict.estimator` and the bundled models/ (or
 $LETI_MODELS_DIR); graphs are the small ones the onnx wheel ships plus a few built here.
 """
 
@@ -25,10 +25,10 @@ import pytest
 import requests
 from onnx import TensorProto, helper
 
-from leti import socs
-from leti.server import BackgroundServer
-from leti.server import main as server_main
-from leti.service import create_app
+from leti.core import socs
+from leti.service.app import create_app
+from leti.service.server import BackgroundServer
+from leti.service.server import main as server_main
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -87,7 +87,7 @@ def graphs(light_dir: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def target() -> tuple[str, str]:
     """A (soc, runtime) the bundled models can serve, preferring snapdragon855/tflite-gpu."""
-    from leti.estimator import available
+    from leti.predict.estimator import available
 
     avail = available()
     if not avail:
@@ -422,7 +422,7 @@ def test_unexpected_error_is_500_json_without_traceback(graphs, target, caplog):
         raise RuntimeError("secret-internal-state /srv/keys")
 
     c = create_app({"ESTIMATOR_LOADER": broken_loader}).test_client()
-    with caplog.at_level("ERROR", logger="leti.service"):
+    with caplog.at_level("ERROR", logger="leti.service.app"):
         r = c.post("/predict" + q(target), data=graphs["tiny"], headers=OCTET)
     assert r.status_code == 500
     assert r.get_json() == {"error": "internal_error", "detail": "internal server error"}
@@ -457,7 +457,7 @@ def test_metrics_prometheus_text(graphs, target):
 
 
 def test_estimator_cache_loads_once_under_concurrency(target):
-    from leti.service import _default_loader
+    from leti.service.app import _default_loader
 
     calls = []
 
@@ -739,7 +739,7 @@ def test_serve_rejects_bad_arguments(capsys):
 def test_batch_survives_an_unexpected_failure_in_one_graph(graphs, target, caplog):
     """If predict_many itself breaks, the batch falls back to graph-by-graph predictions and
     only the graph that fails gets an (opaque) internal_error slot."""
-    from leti.service import _default_loader
+    from leti.service.app import _default_loader
 
     class Flaky:
         def __init__(self, est):
@@ -757,7 +757,7 @@ def test_batch_survives_an_unexpected_failure_in_one_graph(graphs, target, caplo
     boom = conv_model()
     boom.graph.name = "boom"
     b64 = [base64.b64encode(b).decode() for b in (graphs["tiny"], boom.SerializeToString())]
-    with caplog.at_level("ERROR", logger="leti.service"):
+    with caplog.at_level("ERROR", logger="leti.service.app"):
         r = c.post("/predict/batch", json={"soc": target[0], "runtime": target[1], "graphs": b64})
     assert r.status_code == 200
     res = r.get_json()["results"]

@@ -13,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from leti import socs, transfer
 from leti.cli import main as cli_main
-from leti.errors import ModelNotFoundError
-from leti.estimator import Estimator, available
-from leti.features import GRAPH_FEATURES
+from leti.core import socs
+from leti.core.errors import ModelNotFoundError
+from leti.frontend.features import GRAPH_FEATURES
+from leti.predict.estimator import Estimator, available
+from leti.train import transfer
 from tests.helpers import assert_no_pickle
 
 TRANSFER_SOCS = ("kirin9000", "snapdragon888", "rk3568")
@@ -192,7 +193,7 @@ def test_cli_predict_transfer_json(synth_root, light_dir, capsys):
 
 
 def test_socs_endpoint_shows_transfer(synth_root):
-    from leti.service import create_app
+    from leti.service.app import create_app
 
     client = create_app({"MODELS_DIR": str(synth_root), "TESTING": True}).test_client()
     doc = client.get("/socs").get_json()
@@ -237,7 +238,7 @@ def test_bundled_transfer_predicts_out_of_the_box(bundled, light_dir, tmp_path, 
 
 @pytest.mark.shared
 def test_ncnn_targets(shared_dir):
-    from leti import ncnn_data
+    from leti.measurements import ncnn_benchmark as ncnn_data
 
     data, zoo = shared_dir / "data" / "ncnn-benchmark", shared_dir / "zoo" / "ncnn"
     if not (data / ncnn_data.CSV_NAME).is_file():

@@ -3,8 +3,8 @@
     app = create_app()                     # config from the environment
     app = create_app({"MODELS_DIR": "m"})  # or explicit
 
-Endpoints (see `leti.openapi` and the README): POST /predict, POST /predict/batch, GET /socs,
-GET /healthz, GET /openapi.json, GET /metrics. Every error is JSON `{"error": kind, "detail": ...}`.
+Endpoints (see `leti.service.openapi` and the README): POST /predict, POST /predict/batch,
+GET /socs, GET /healthz, GET /openapi.json, GET /metrics. Every error is JSON `{"error": kind, "detail": ...}`.
 
 State that outlives a request lives on the app, never at module level: the estimator cache (one
 `Estimator` per (soc, runtime), loaded once per process) and the metrics, each behind a lock.
@@ -26,8 +26,8 @@ import onnx
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from leti import socs
-from leti.errors import (
+from leti.core import socs
+from leti.core.errors import (
     GraphError,
     LetiError,
     ServiceError,
@@ -36,7 +36,9 @@ from leti.errors import (
     UnknownRuntimeError,
     UnknownSocError,
 )
-from leti.http_input import (  # MAX_DIM, JSON_TYPE: re-exported for callers of leti.service
+from leti.core.store import models_dir as resolve_models_dir
+from leti.service.metrics import Metrics
+from leti.service.parsing import (  # MAX_DIM, JSON_TYPE: re-exported for callers of leti.service
     JSON_TYPE,  # noqa: F401
     MAX_DIM,  # noqa: F401
     MULTIPART,
@@ -48,10 +50,8 @@ from leti.http_input import (  # MAX_DIM, JSON_TYPE: re-exported for callers of 
     _read_capped,
     _require_type,
 )
-from leti.metrics import Metrics
-from leti.store import models_dir as resolve_models_dir
 
-log = logging.getLogger("leti.service")
+log = logging.getLogger("leti.service.app")
 
 EXTENSION = "leti"
 DEFAULT_MAX_UPLOAD_MB = 64
@@ -95,25 +95,25 @@ def _env_int(name: str, default: int | None) -> int | None:
 
 
 def _default_loader(soc: str, runtime: str, models_dir: Any) -> Any:
-    from leti.estimator import Estimator
+    from leti.predict.estimator import Estimator
 
     return Estimator.load(soc, runtime, models_dir=models_dir)
 
 
 def _default_available(models_dir: Any) -> list[dict]:
-    from leti.estimator import available
+    from leti.predict.estimator import available
 
     return available(models_dir)
 
 
 def _default_load_model(data: bytes, max_bytes: int | None) -> onnx.ModelProto:
-    from leti.graph import load_model
+    from leti.frontend.graph import load_model
 
     return load_model(data, max_bytes=max_bytes)
 
 
 def _default_max_layers() -> int:
-    from leti.graph import DEFAULT_MAX_LAYERS
+    from leti.frontend.graph import DEFAULT_MAX_LAYERS
 
     return DEFAULT_MAX_LAYERS
 
@@ -383,7 +383,7 @@ def healthz() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    from leti.openapi import build_spec
+    from leti.service.openapi import build_spec
 
     st = state()
     return jsonify(

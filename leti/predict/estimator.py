@@ -18,14 +18,15 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from leti import class_scales, socs
-from leti.errors import LetiError, ModelNotFoundError
-from leti.features import graph_features, kernels_frame
-from leti.graph import parse_graph
-from leti.kernels import plan as plan_kernels
-from leti.records import Graph, KernelPlan, LayerTime, Prediction, Unsupported
-from leti.regressors import GraphCorrector, KernelRegressors
-from leti.store import models_dir as resolve_models_dir
+from leti.core import socs
+from leti.core.errors import LetiError, ModelNotFoundError
+from leti.core.records import Graph, KernelPlan, LayerTime, Prediction, Unsupported
+from leti.core.store import models_dir as resolve_models_dir
+from leti.frontend.features import graph_features, kernels_frame
+from leti.frontend.fusion import plan as plan_kernels
+from leti.frontend.graph import parse_graph
+from leti.models import class_scales
+from leti.models.regressors import GraphCorrector, KernelRegressors
 
 GraphSource = str | os.PathLike[str] | bytes | onnx.ModelProto
 OVERHEAD_LAYER = "(graph overhead)"
@@ -63,7 +64,7 @@ class Estimator:
         folder = model_folder(root, s.id, rt)
         manifest_path = folder / "manifest.json"
         if not manifest_path.is_file():
-            from leti.transfer import load_transfer_estimator
+            from leti.train.transfer import load_transfer_estimator
 
             est = load_transfer_estimator(s, rt, root)
             if est is not None:
@@ -84,7 +85,7 @@ class Estimator:
             manifest=manifest,
             log_interval=tuple(manifest.get("interval_log_quantiles", (-0.2, 0.2))),
         )
-        from leti.calibration import apply_saved_calibration
+        from leti.train.calibrate import apply_saved_calibration
 
         return apply_saved_calibration(est, root)
 
@@ -209,7 +210,7 @@ def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:
 
 def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
     """Every loadable (soc, runtime): measured models, then transfer and calibrated ones."""
-    from leti.calibration import read_calibration
+    from leti.train.calibrate import read_calibration
 
     root = resolve_models_dir(models_dir)
     registry = socs.all_socs()
@@ -230,7 +231,7 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
                 "provenance": "calibrated" if cal else "measured",
             }
         )
-    from leti.transfer import available_transfer
+    from leti.train.transfer import available_transfer
 
     out.extend(available_transfer(root, {(a["soc"], a["runtime"]) for a in out}))
     return out

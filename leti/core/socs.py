@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from leti.errors import UnknownRuntimeError, UnknownSocError
+from leti.core.errors import UnknownRuntimeError, UnknownSocError
 
 
 @dataclass(frozen=True)

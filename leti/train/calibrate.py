@@ -30,7 +30,7 @@ widened by Student's t with the matching degrees of freedom, so that k = 3 gives
 interval rather than an over-confident one.
 
 Cross-runtime calibrations (ncnn-vulkan) also fit per-kernel-class scales on the same base,
-with a prior learned across the GPUs of the runtime's public benchmark (`leti.class_scales`,
+with a prior learned across the GPUs of the runtime's public benchmark (`leti.models.class_scales`,
 stored in the transfer manifest under `class_priors`), and answer the geometric mean of the two
 fits; the interval then comes from the leave-one-out residuals of that mean.
 
@@ -56,10 +56,11 @@ from typing import Any
 
 import numpy as np
 
-from leti import class_scales, socs
-from leti.errors import LetiError, ModelNotFoundError
-from leti.store import atomic_write_json, sha256_file
-from leti.store import models_dir as resolve_models_dir
+from leti.core import socs
+from leti.core.errors import LetiError, ModelNotFoundError
+from leti.core.store import atomic_write_json, sha256_file
+from leti.core.store import models_dir as resolve_models_dir
+from leti.models import class_scales
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ def _interval(
 @dataclass(frozen=True)
 class CrossRuntimeFit:
     """A cross-runtime calibration: the geometric mean of a log-affine map of the base's
-    kernel sum and of per-kernel-class scales (`leti.class_scales`) on the same base."""
+    kernel sum and of per-kernel-class scales (`leti.models.class_scales`) on the same base."""
 
     log_affine: LogAffine
     log_weights: np.ndarray
@@ -399,8 +400,8 @@ def load_base(
 
     `profile`: the transfer model priced with that measured SoC's descriptors instead.
     `total`: `CORRECTED_TOTAL` or `KERNEL_SUM_TOTAL`; default `base_total(runtime)`."""
-    from leti.estimator import Estimator
-    from leti.transfer import _UNCALIBRATED, profile_estimator
+    from leti.predict.estimator import Estimator
+    from leti.train.transfer import _UNCALIBRATED, profile_estimator
 
     total = total or base_total(runtime)
     if profile:
@@ -421,7 +422,7 @@ def load_base(
 
 def candidate_bases(soc: socs.Soc, runtime: str, models_dir: Path | None) -> dict[str, Any]:
     """The SoC's own base first, then every transfer profile (one per measured SoC)."""
-    from leti.transfer import TRANSFER_RUNTIMES, transfer_manifest
+    from leti.train.transfer import TRANSFER_RUNTIMES, transfer_manifest
 
     own = load_base(soc, runtime, models_dir)
     out: dict[str, Any] = {} if own is None else {OWN: own}
@@ -438,7 +439,7 @@ def candidate_bases(soc: socs.Soc, runtime: str, models_dir: Path | None) -> dic
 def class_prior_for(runtime: str, models_dir: Path | None) -> class_scales.ClassPrior | None:
     """The class-scale prior for a cross-runtime calibration of `runtime`, learned across the
     GPUs of that runtime's public benchmark and stored in the transfer manifest; else None."""
-    from leti.transfer import transfer_manifest
+    from leti.train.transfer import transfer_manifest
 
     if base_total(runtime) != KERNEL_SUM_TOTAL:
         return None
@@ -455,7 +456,7 @@ def class_prior_for(runtime: str, models_dir: Path | None) -> class_scales.Class
 
 def prior_sd_for(base, runtime: str, models_dir: Path | None) -> tuple[float, str]:
     """Residual scale expected after calibrating this kind of base (and where it comes from)."""
-    from leti.transfer import transfer_manifest
+    from leti.train.transfer import transfer_manifest
 
     manifest = transfer_manifest(models_dir) or {}
     priors = manifest.get("calibration_prior_sd", {})
@@ -698,7 +699,7 @@ def with_calibration(est, doc: Mapping[str, Any]):
 
 def apply_saved_calibration(estimator, models_dir: Path):
     """Return `estimator` with a saved calibration applied, or unchanged when there is none."""
-    from leti.transfer import _UNCALIBRATED
+    from leti.train.transfer import _UNCALIBRATED
 
     if _UNCALIBRATED.get():
         return estimator

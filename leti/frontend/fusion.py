@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
-from leti.records import Graph, Kernel, KernelPlan, Layer
+from leti.core.records import Graph, Kernel, KernelPlan, Layer
 
 _CONV_LIKE = ("conv", "dwconv", "gconv")
 

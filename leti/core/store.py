@@ -16,7 +16,7 @@ from typing import Any
 
 ENV_MODELS_DIR = "LETI_MODELS_DIR"
 ENV_MEASUREMENTS_DIR = "LETI_MEASUREMENTS_DIR"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def models_dir(arg: str | os.PathLike[str] | None = None) -> Path:

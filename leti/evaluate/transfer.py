@@ -8,8 +8,8 @@ Two protocols, both written to benchmarks/transfer.md (+ .json), generated, neve
    `leti.calibration.fit_log_affine` fitted on k timings of the same SoC drawn from the
    fold's *other* models (calibration and test models are disjoint), repeated over
    `DRAWS` random draws; metrics are the mean over draws of metrics over all held-out models.
-2. ncnn-vulkan on the mobile GPUs of the ncnn benchmark (`leti.ncnn_data`). The base is the
-   transfer pipeline trained on all measured SoCs, given the GPU's approximate descriptors
+2. ncnn-vulkan on the mobile GPUs of the ncnn benchmark (`leti.measurements.ncnn_benchmark`).
+   The base is the transfer pipeline trained on all measured SoCs, given the GPU's approximate descriptors
    (`data/ncnn_gpus.json`) and the ncnn-vulkan fusion rules. Each GPU's models are split into
    `NCNN_FOLDS` grouped folds: a fold's models are tested, k calibration timings are drawn
    from the GPU's other models (`DRAWS` draws), and the class-scale prior is relearned on the
@@ -35,10 +35,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leti import calibration, class_scales, socs, transfer
-from leti.evaluate import metrics
-from leti.fit import load_plan
-from leti.store import sha256_file
+from leti.core import socs
+from leti.core.store import sha256_file
+from leti.evaluate.accuracy import metrics
+from leti.models import class_scales
+from leti.train import calibrate as calibration
+from leti.train import transfer
+from leti.train.fit import load_plan
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ KS = (3, 5, 10)
 DRAWS = 20
 SEED = 0
 NCNN_FOLDS = 5
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "benchmarks" / "transfer.md"
 METRIC_KEYS = ("acc10", "acc20", "mape", "kendall_tau")
 
@@ -317,7 +320,7 @@ def ncnn_calibrated(
 
 
 def ncnn_tables(pipe: transfer.TransferPipeline, data_dir: Path, zoo_dir: Path) -> list[NcnnTable]:
-    from leti import ncnn_data
+    from leti.measurements import ncnn_benchmark as ncnn_data
 
     return [ncnn_predictions(pipe, t) for t in ncnn_data.load_targets(data_dir, zoo_dir)]
 
@@ -562,8 +565,8 @@ class TransferReport:
                 "graph-level corrector (zero-shot columns). "
                 "Calibration (`leti.calibration.fit_cross_runtime`): the geometric mean of the "
                 "log-affine map of the base and of per-kernel-class scales "
-                "(`leti.class_scales`) whose prior is learned on the *other* GPUs' timings of "
-                "the *other* models. Protocol: each GPU's models are split into 5 grouped "
+                "(`leti.models.class_scales`) whose prior is learned on the *other* GPUs' "
+                "timings of the *other* models. Protocol: each GPU's models are split into 5 grouped "
                 "folds; a fold's models are test models, the k calibration timings are drawn "
                 "from the GPU's other models, and the class prior is relearned without this "
                 "GPU and without the fold's models, so no test model is seen on any GPU "
@@ -711,7 +714,7 @@ def _rms(x: np.ndarray) -> float:
 
 
 def write_report(report: TransferReport, out: Path) -> None:
-    from leti.store import atomic_write_json, atomic_write_text
+    from leti.core.store import atomic_write_json, atomic_write_text
 
     atomic_write_text(out, report.markdown())
     atomic_write_json(out.with_suffix(".json"), report.to_json())

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from leti.features import GRAPH_FEATURES, kernel_features
-from leti.store import atomic_write_bytes, atomic_write_json
+from leti.core.store import atomic_write_bytes, atomic_write_json
+from leti.frontend.features import GRAPH_FEATURES, kernel_features
 
 KINDS = (
     "conv",

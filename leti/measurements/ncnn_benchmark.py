@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leti.transfer import GpuSpec
+from leti.train.transfer import GpuSpec
 
 CSV_NAME = "ncnn_benchmark.csv"
 BROKEN_SECTIONS = ("Station-M3",)

@@ -22,14 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leti import measurements
-from leti.errors import LetiError, MeasurementError
-from leti.features import graph_features, kernels_frame
-from leti.graph import parse_graph
-from leti.kernels import plan as plan_kernels
-from leti.records import KernelPlan
-from leti.regressors import GraphCorrector, KernelRegressors
-from leti.store import atomic_write_json
+from leti.core.errors import LetiError, MeasurementError
+from leti.core.records import KernelPlan
+from leti.core.store import atomic_write_json
+from leti.frontend.features import graph_features, kernels_frame
+from leti.frontend.fusion import plan as plan_kernels
+from leti.frontend.graph import parse_graph
+from leti.measurements import schema as measurements
+from leti.models.regressors import GraphCorrector, KernelRegressors
 
 log = logging.getLogger(__name__)
 

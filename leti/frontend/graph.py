@@ -6,8 +6,8 @@ names (an external-data `location`, say) is ever opened; shape inference runs on
 in-memory copy whose initializers carry no bulk data and no external-data entries. Bad
 input only ever raises a `LetiError` subclass. Second, a NAS loop parses thousands of
 graphs, so the work per node is a few dict look-ups: ONNX's own (C++) shape inference does
-the heavy lifting, on a copy without the weights (`leti.weights`), and a small built-in
-propagation (`leti.shapes`) fills in what it leaves unknown (old opsets, odd exporters).
+the heavy lifting, on a copy without the weights (`leti.frontend.weights`), and a small built-in
+propagation (`leti.frontend.shapes`) fills in what it leaves unknown (old opsets, odd exporters).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from leti.errors import (
+from leti.core.errors import (
     GraphError,
     GraphTooLargeError,
     LetiError,
     SymbolicShapeError,
     TooManyLayersError,
 )
-from leti.records import Graph, Layer, Shape
-from leti.shapes import (
+from leti.core.records import Graph, Layer, Shape
+from leti.frontend.shapes import (
     _BROADCAST,
     _CONV_OPS,
     _GLOBAL_POOLS,
@@ -48,8 +48,8 @@ from leti.shapes import (
     _numel,
     _valid,
 )
-from leti.weights import _strip_constant_nodes, _strip_initializers_into
-from leti.weights import strip_weights as strip_weights  # re-exported: the public API
+from leti.frontend.weights import _strip_constant_nodes, _strip_initializers_into
+from leti.frontend.weights import strip_weights as strip_weights  # re-exported: the public API
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_LAYERS = 20_000

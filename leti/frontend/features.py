@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from leti.records import Kernel, KernelPlan
+from leti.core.records import Kernel, KernelPlan
 
 KERNEL_FEATURES = (
     "log_flops",

@@ -37,15 +37,15 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from leti import socs
-from leti.features import (
+from leti.core import socs
+from leti.core.store import atomic_write_json
+from leti.frontend.features import (
     GRAPH_FEATURES,
     KERNEL_FEATURES,
     graph_features,
     kernel_features,
 )
-from leti.regressors import KindBoosters
-from leti.store import atomic_write_json
+from leti.models.regressors import KindBoosters
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ SOC_FEATURES = (
 )
 TRANSFER_FEATURES = (*KERNEL_FEATURES, "log_compute_ms", "log_memory_ms", *SOC_FEATURES)
 BYTES_PER_ELEMENT = 2  # FP16 activations and weights
-_BUNDLED = Path(__file__).resolve().parent.parent / "models"
+_BUNDLED = Path(__file__).resolve().parents[2] / "models"
 
 # Set while a calibration loads its *base* estimator, so no saved calibration is stacked on it.
 _UNCALIBRATED: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -255,7 +255,7 @@ def kernel_sums(
     kernels: TransferKernels, ts: Any, hw: Hardware, models: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """Per-kernel ms of each graph in one batched call."""
-    from leti.fit import predict_kernel_ms
+    from leti.train.fit import predict_kernel_ms
 
     return predict_kernel_ms(kernels.bind(hw), ts.plans, models)
 
@@ -342,7 +342,7 @@ def loso_zero_shot(
     One row per (soc, fold, model) for *every* model of the held-out SoC, so that calibration
     can be simulated on the fold's non-test models with the same pipeline: `test` marks the
     fold's held-out models; measured, transfer (end-to-end), kernel_sum, compute_share."""
-    from leti.fit import group_folds
+    from leti.train.fit import group_folds
 
     cache = cache or FitCache(sets)
     names = sorted(sets)
@@ -387,8 +387,8 @@ def zero_shot_interval(loso: pd.DataFrame, coverage: float = 0.9) -> tuple[float
 
 
 def load_sets(runtime: str = "tflite-gpu", measurements_root: Path | None = None) -> dict[str, Any]:
-    from leti import measurements
-    from leti.fit import load_training_set
+    from leti.measurements import schema as measurements
+    from leti.train.fit import load_training_set
 
     e2e = measurements.load_e2e(measurements_root, runtime=runtime)
     return {s: load_training_set(s, runtime, measurements_root) for s in sorted(set(e2e["soc"]))}
@@ -408,8 +408,8 @@ def fit_and_save(
     `loso` (from `loso_zero_shot`) sizes the interval; it is computed here when not given.
     `extra` is merged into the manifest (e.g. calibration residual scales from the evaluation).
     """
-    from leti import measurements
-    from leti.fit import _fusion_hash, _versions, save_model_folder
+    from leti.measurements import schema as measurements
+    from leti.train.fit import _fusion_hash, _versions, save_model_folder
 
     sets = sets if sets is not None else load_sets(runtime, measurements_root)
     if len(sets) < 3:
@@ -525,7 +525,7 @@ def is_transfer_target(soc: socs.Soc, runtime: str) -> bool:
 
 def transfer_estimator(soc: socs.Soc, runtime: str, models_dir: Path | None):
     """The uncalibrated transfer estimator, or None (SoC measured, or no transfer model)."""
-    from leti.estimator import Estimator
+    from leti.predict.estimator import Estimator
 
     if not is_transfer_target(soc, runtime):
         return None
@@ -548,8 +548,8 @@ def transfer_estimator(soc: socs.Soc, runtime: str, models_dir: Path | None):
 def profile_estimator(soc: socs.Soc, profile: str, runtime: str, models_dir: Path | None):
     """The transfer pipeline priced with measured SoC `profile`'s descriptors, answering for
     `soc`: a base a calibration may pick when the timings fit it better (leti.calibration)."""
-    from leti.calibration import base_runtime
-    from leti.estimator import Estimator
+    from leti.predict.estimator import Estimator
+    from leti.train.calibrate import base_runtime
 
     brt = base_runtime(runtime)
     folder = transfer_folder(models_dir, brt) if brt in TRANSFER_RUNTIMES else None
@@ -575,7 +575,7 @@ def load_transfer_estimator(soc, runtime: str, models_dir: Path):
     - for runtimes without per-kernel data (ncnn-vulkan), only a saved calibration, applied to
       the base estimator it was fitted on (see leti.calibration);
     - otherwise None (the caller raises ModelNotFoundError)."""
-    from leti import calibration
+    from leti.train import calibrate as calibration
 
     if socs.runtimes().get(runtime, {}).get("per_kernel_data", True):
         est = transfer_estimator(soc, runtime, models_dir)
@@ -587,7 +587,7 @@ def load_transfer_estimator(soc, runtime: str, models_dir: Path):
 
 def available_transfer(models_dir: Path, exclude: set[tuple[str, str]]) -> list[dict]:
     """Transfer pairs (unmeasured SoCs x transfer runtimes) and calibration-only pairs."""
-    from leti import calibration
+    from leti.train import calibrate as calibration
 
     out = []
     for rt in TRANSFER_RUNTIMES:
@@ -632,8 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     on every measured SoC and write `<models_dir>/transfer/tflite-gpu/`."""
     import argparse
 
-    from leti import transfer_eval
-    from leti.store import models_dir as resolve_models_dir
+    from leti.core.store import models_dir as resolve_models_dir
+    from leti.evaluate import transfer as transfer_eval
 
     ap = argparse.ArgumentParser(prog="python -m leti.transfer")
     ap.add_argument("--models-dir", type=Path, default=None)

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-log = logging.getLogger("leti.server")
+log = logging.getLogger("leti.service.server")
 
 # waitress refuses (413, without reading it) a body whose Content-Length passes this margin over
 # the app's own limit; bodies within it get the app's JSON 413.
@@ -39,7 +39,7 @@ def build_server(
     """Create the app and a bound (not yet running) waitress server; `port=0` picks a free one."""
     from waitress import create_server
 
-    from leti.service import create_app
+    from leti.service.app import create_app
 
     cfg = dict(config or {})
     if models_dir:
@@ -129,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     for name in ("leti", "waitress"):  # INFO even when the CLI configured WARNING
         logging.getLogger(name).setLevel(logging.INFO)
-    from leti.errors import LetiError
+    from leti.core.errors import LetiError
 
     try:
         serve(args.host, args.port, args.threads, args.models_dir, args.preload)
@@ -175,7 +175,7 @@ class BackgroundServer:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> BackgroundServer:
-        cmd = [sys.executable, "-m", "leti.server", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "leti.service.server", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--threads", str(self.threads), *self.args]
         if self.models_dir:
             cmd += ["--models-dir", str(self.models_dir)]

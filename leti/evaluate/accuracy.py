@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from leti import measurements
-from leti.fit import N_SPLITS, TrainingSet, fit_pipeline, group_folds, load_training_set
-from leti.fit import predict_totals as _predict_totals
+from leti.measurements import schema as measurements
+from leti.train.fit import N_SPLITS, TrainingSet, fit_pipeline, group_folds, load_training_set
+from leti.train.fit import predict_totals as _predict_totals
 
 METHODS = {
     "leti": "leti (kernels + corrector)",

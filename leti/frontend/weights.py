@@ -1,8 +1,8 @@
 """Weight stripping: a graph-only copy of an ONNX model, small enough to upload, naming no file.
 
 Every initializer keeps its name, dims and data type; its values go, except for small
-shape-like constants that shape inference needs. `leti.graph` uses the same helpers to build
-the weight-free copy it hands to ONNX's shape inference.
+shape-like constants that shape inference needs. `leti.frontend.graph` uses the same helpers
+to build the weight-free copy it hands to ONNX's shape inference.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from leti.shapes import _numel
+from leti.frontend.shapes import _numel
 
 # Small tensors keep their values when weights are stripped: shape inference needs Reshape
 # targets, axes, pads, Resize scales and the like, and they reveal nothing about the weights.

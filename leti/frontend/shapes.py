@@ -1,9 +1,9 @@
 """Built-in shape propagation: per-op rules for outputs ONNX's own inference left unknown.
 
-`leti.graph` runs ONNX's (C++) shape inference first; these rules fill in what it could not
+`leti.frontend.graph` runs ONNX's (C++) shape inference first; these rules fill in what it could not
 (old opsets, odd exporters). They read a node through `_Node` and small constant inputs
 (Reshape targets, axes, pads, Resize scales) through `_Consts`, and a rule fed nonsense yields
-None rather than raising. Nothing here imports `leti.graph`: the dependency runs one way.
+None rather than raising. Nothing here imports `leti.frontend.graph`: the dependency runs one way.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import onnx
 from onnx import TensorProto
 
-from leti.errors import GraphError
-from leti.records import Shape
+from leti.core.errors import GraphError
+from leti.core.records import Shape
 
 _CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 _POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool"})

@@ -1,6 +1,6 @@
 """Reading a request: parameters, capped bodies, flags, input shapes and batch payloads.
 
-Helpers for the handlers of `leti.service`; each refuses bad input with a `ServiceError` (400,
+Helpers for the handlers of `leti.service.app`; each refuses bad input with a `ServiceError` (400,
 413 or 415) before any graph is parsed. They read Flask's `request` of the current context.
 """
 
@@ -14,7 +14,7 @@ from typing import IO, Any, Protocol
 
 from flask import request
 
-from leti.errors import GraphError, LetiError, ServiceError
+from leti.core.errors import GraphError, LetiError, ServiceError
 
 MAX_DIM = 1 << 20  # a single input dim above this is a typo, not a model
 _READ_CHUNK = 1 << 16

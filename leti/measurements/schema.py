@@ -1,6 +1,6 @@
 """The measurement schema, its validation, and the readers of the tidy tables.
 
-Training reads only the tidy tables written by the importers (`leti.importers`) and by
+Training reads only the tidy tables written by the importers (`leti.measurements.importers`) and by
 `leti measure`: `kernels.csv` and `e2e.csv`, never the source files. One row per measured
 kernel and one per end-to-end measurement, latencies in ms, shapes in the same vocabulary as
 `leti.records.Kernel`, so that a measured row and an ONNX-derived kernel describe the same thing.
@@ -21,16 +21,13 @@ from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-from leti.errors import MeasurementError, UnknownSocError
-from leti.socs import resolve, resolve_runtime
-from leti.store import measurements_dir, sha256_file
-
-if TYPE_CHECKING:  # the importer imports this module, never the reverse at run time
-    from leti.importers import ImportReport
+from leti.core.errors import MeasurementError, UnknownSocError
+from leti.core.socs import resolve, resolve_runtime
+from leti.core.store import measurements_dir, sha256_file
 
 SCHEMA_VERSION = 1
 KERNELS_FILE = "kernels.csv"
@@ -379,28 +376,3 @@ def data_manifest(measurements_root: Path | None = None) -> dict[str, Any]:
         for f in sorted(hashes):
             combined.update(f"{folder.name}/{f}:{hashes[f]}\n".encode())
     return {"root": str(root), "sources": sources, "tables_sha256": combined.hexdigest()}
-
-
-# --------------------------------------------------------------------------------------------
-# Moved to `leti.importers` (kept here for old callers)
-
-
-def import_mobile_ml_benchmark(
-    src: Path, out_dir: Path | None = None, zoo_dir: Path | None = None
-) -> ImportReport:
-    """See `leti.importers.import_mobile_ml_benchmark`, where the importer now lives."""
-    from leti.importers import import_mobile_ml_benchmark as run
-
-    return run(src, out_dir=out_dir, zoo_dir=zoo_dir)
-
-
-_MOVED_TO_IMPORTERS = frozenset({"ImportReport", "FileReport", "SOURCE_NAME"})
-
-
-def __getattr__(name: str) -> Any:
-    """`ImportReport` and friends, loaded from `leti.importers` on first use (no import cycle)."""
-    if name in _MOVED_TO_IMPORTERS:
-        from leti import importers
-
-        return getattr(importers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

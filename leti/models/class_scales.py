@@ -13,7 +13,7 @@ where the T are the base estimator's kernel times summed by class. Five weights 
 timings would be noise, so each weight's log *relative to the dense one* has a Gaussian prior
 (`ClassPrior`) learned across the ncnn benchmark's other GPUs (median and spread of the
 per-GPU fits); the timings mostly set the overall scale and move a weight only where they
-disagree with the prior. `leti.calibration` answers the geometric mean of this and the
+disagree with the prior. `leti.train.calibrate` answers the geometric mean of this and the
 log-affine map: on held-out models of held-out GPUs the two err on different models, and the
 mean beats either (benchmarks/transfer.md)."""
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from leti.records import Kernel
+from leti.core.records import Kernel
 
 TERMS = ("dense_conv", "pointwise_conv_fc", "other_kernels", "per_kernel", "constant")
 #: The per-kernel and constant terms enter in these units, so that all five weights start on

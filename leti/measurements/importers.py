@@ -1,8 +1,8 @@
 """The importer for the public mobile-ml-benchmark data: four source CSVs in, tidy tables out.
 
 It maps each source's quirks (microseconds, per-op feature dicts, phone columns) onto the schema
-of `leti.measurements`, so a new source is one importer. Rows go through the same validation as
-`leti measure`'s. Every file is written atomically, and re-importing replaces the folder's files
+of `leti.measurements.schema`, so a new source is one importer. Rows go through the same
+validation as `leti measure`'s. Every file is written atomically, and re-importing replaces the folder's files
 with byte-identical ones when the source has not changed.
 """
 
@@ -22,8 +22,10 @@ from typing import Any
 
 import pandas as pd
 
-from leti.errors import MeasurementError
-from leti.measurements import (
+from leti.core.errors import MeasurementError
+from leti.core.socs import soc_for_phone
+from leti.core.store import atomic_write_bytes, atomic_write_json, measurements_dir, sha256_file
+from leti.measurements.schema import (
     E2E_COLUMNS,
     E2E_FILE,
     KERNEL_COLUMNS,
@@ -38,8 +40,6 @@ from leti.measurements import (
     _validate_kernels,
     parse_fused,
 )
-from leti.socs import soc_for_phone
-from leti.store import atomic_write_bytes, atomic_write_json, measurements_dir, sha256_file
 
 SOURCE_NAME = "mobile-ml-benchmark"
 

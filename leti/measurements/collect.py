@@ -27,11 +27,16 @@ from typing import Any
 
 import pandas as pd
 
-from leti import measurements as lm
-from leti.errors import MeasurementError
-from leti.importers import SOURCE_NAME
-from leti.measurements import parse_fused
-from leti.store import atomic_write_bytes, atomic_write_json, atomic_write_text, measurements_dir
+from leti.core.errors import MeasurementError
+from leti.core.store import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    measurements_dir,
+)
+from leti.measurements import schema as lm
+from leti.measurements.importers import SOURCE_NAME
+from leti.measurements.schema import parse_fused
 
 RUNTIME = "tflite-gpu"
 REMOTE_DIR = "/data/local/tmp"
@@ -295,10 +300,10 @@ def add_measure_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_measure(args: argparse.Namespace) -> int:
-    from leti.features import kernels_frame
-    from leti.graph import parse_graph
-    from leti.kernels import plan
-    from leti.socs import resolve
+    from leti.core.socs import resolve
+    from leti.frontend.features import kernels_frame
+    from leti.frontend.fusion import plan
+    from leti.frontend.graph import parse_graph
 
     soc = resolve(args.soc)
     name = args.source_name or f"measure-{soc.id}"
