@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 
 from leti.core.errors import MeasurementError
-from leti.measurements import schema as measurements
-from leti.measurements.importers import ImportReport, import_mobile_ml_benchmark
+from leti.measurements.importers import import_mobile_ml_benchmark
 from leti.measurements.schema import (
     E2E_COLUMNS,
     KERNEL_COLUMNS,

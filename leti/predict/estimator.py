@@ -90,13 +90,22 @@ class Estimator:
         return apply_saved_calibration(est, root)
 
     # -- the pipeline ------------------------------------------------------------------------
-    def plan(self, source: GraphSource | Graph, input_shapes=None) -> KernelPlan:
-        graph = source if isinstance(source, Graph) else parse_graph(source, input_shapes)
+    def plan(
+        self, source: GraphSource | Graph, input_shapes=None, *, max_layers: int | None = None
+    ) -> KernelPlan:
+        """The graph's kernels under this runtime's fusion rules. `max_layers` overrides the
+        front end's node limit (`LETI_MAX_LAYERS`), e.g. a server's own configuration."""
+        if isinstance(source, Graph):
+            graph = source
+        else:
+            graph = parse_graph(source, input_shapes, max_layers=max_layers)
         return plan_kernels(graph, self.runtime)
 
-    def predict(self, source: GraphSource | Graph, input_shapes=None) -> Prediction:
+    def predict(
+        self, source: GraphSource | Graph, input_shapes=None, *, max_layers: int | None = None
+    ) -> Prediction:
         """End-to-end latency of one graph; raises a LetiError subclass on bad input."""
-        plan = self.plan(source, input_shapes)
+        plan = self.plan(source, input_shapes, max_layers=max_layers)
         return self.predict_plan(plan)
 
     def predict_plan(self, plan: KernelPlan) -> Prediction:
@@ -161,7 +170,11 @@ class Estimator:
         )
 
     def predict_many(
-        self, sources: Sequence[GraphSource], input_shapes=None
+        self,
+        sources: Sequence[GraphSource],
+        input_shapes=None,
+        *,
+        max_layers: int | None = None,
     ) -> list[Prediction | LetiError]:
         """One result per graph, in order; a bad graph yields its error, not an exception.
 
@@ -171,7 +184,7 @@ class Estimator:
         plans: list[tuple[int, KernelPlan]] = []
         for i, src in enumerate(sources):
             try:
-                plans.append((i, self.plan(src, input_shapes)))
+                plans.append((i, self.plan(src, input_shapes, max_layers=max_layers)))
             except LetiError as exc:
                 out[i] = exc
         if plans:
