@@ -78,13 +78,37 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if not args.no_transfer and not args.soc and args.runtime in (None, "tflite-gpu"):
         # The transfer model learns from every measured SoC at once; its leave-one-SoC-out
         # evaluation sizes the intervals of unmeasured SoCs, so it runs as part of fitting.
-        from leti.train.transfer import main as fit_transfer
-
-        argv = ["--models-dir", str(root)]
-        if args.measurements_dir:
-            argv += ["--measurements-dir", str(args.measurements_dir)]
-        fit_transfer(argv)
+        _fit_transfer_model(root, args.measurements_dir)
     return 0
+
+
+def _fit_transfer_model(
+    root: Path, measurements_dir: Path | None, report_out: Path | None = None
+) -> None:
+    """Run the transfer evaluation (which sizes the intervals and the calibration priors),
+    optionally write its report to `report_out`, then train on every measured SoC and write
+    `<root>/transfer/tflite-gpu/`."""
+    from leti.evaluate.reports import write_transfer_report
+    from leti.evaluate.transfer import run as run_transfer_evaluation
+    from leti.train.transfer import fit_and_save as fit_and_save_transfer
+
+    report, sets, cache = run_transfer_evaluation(measurements_dir)
+    if report_out:
+        write_transfer_report(report, report_out)
+    manifest = fit_and_save_transfer(
+        root,
+        "tflite-gpu",
+        measurements_dir,
+        sets=sets,
+        loso=report.loso,
+        cache=cache,
+        extra={
+            "calibration_prior_sd": report.prior_sd,
+            "evaluation": report.headline(),
+            **({"class_priors": {"ncnn-vulkan": report.class_prior}} if report.class_prior else {}),
+        },
+    )
+    print(f"{manifest['model_version']}: interval {manifest['interval_log_quantiles']}")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -111,18 +135,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_transfer(args: argparse.Namespace) -> int:
+    """`leti evaluate --transfer`: writes benchmarks/transfer.{md,json} unless `--out` names
+    another file than accuracy.md."""
+    from leti.evaluate.reports import write_transfer_report
+    from leti.evaluate.transfer import DEFAULT_OUT
+    from leti.evaluate.transfer import run as run_transfer_evaluation
+
+    out = Path(args.out) if args.out and Path(args.out).name != "accuracy.md" else DEFAULT_OUT
+    report, _, _ = run_transfer_evaluation(args.measurements_dir)
+    write_transfer_report(report, out)
+    for key, value in report.headline().items():
+        print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.transfer:
-        from leti.evaluate.transfer import main as transfer_main
-
-        return transfer_main(args)
-    from leti.core.store import atomic_write_json, atomic_write_text
-    from leti.evaluate.accuracy import evaluate_soc, measured_pairs, plot_png, report_markdown
+        return _evaluate_transfer(args)
+    from leti.evaluate.accuracy import evaluate_soc, measured_pairs
+    from leti.evaluate.reports import write_accuracy_report
 
     t0 = time.perf_counter()
     pairs = measured_pairs(args.measurements_dir)
     if args.runtime:
         pairs = [p for p in pairs if p[1] == args.runtime]
+    if not pairs:
+        which = f" for {args.runtime}" if args.runtime else ""
+        raise LetiError(f"no end-to-end measurements{which}: run `leti import` first")
     results = []
     for soc, runtime in pairs:
         r = evaluate_soc(soc, runtime, args.measurements_dir)
@@ -133,12 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
         results.append(r)
     out = Path(args.out)
-    atomic_write_text(out, report_markdown(results, time.perf_counter() - t0))
-    atomic_write_json(
-        out.with_suffix(".json"),
-        {f"{r.soc}/{r.runtime}": r.scores for r in results},
-    )
-    if plot_png(results, out.with_suffix(".png")):
+    if write_accuracy_report(results, out, time.perf_counter() - t0):
         print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
     else:
         print(f"wrote {out} (no PNG: install matplotlib, `pip install leti[plot]`)")
