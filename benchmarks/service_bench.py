@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from leti.client import graph_bytes  # noqa: E402
-from leti.predict.estimator import Estimator, available  # noqa: E402
+from leti.predict.estimator import Estimator  # noqa: E402
+from leti.predict.registry import available  # noqa: E402
 from leti.service.server import BackgroundServer  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from leti.cli import main as cli_main
-from leti.predict.estimator import Estimator, available
+from leti.predict import registry
+from leti.predict.estimator import Estimator, uncalibrated_base
+from leti.predict.registry import available
 from leti.train import calibrate as calibration
 from leti.train.calibrate import CalibrationError, fit_log_affine, read_timings, select_and_fit
 from tests.test_transfer import build_synthetic_transfer
@@ -44,7 +46,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
 def base_totals(root: Path, soc: str, runtime: str, graphs: list[Path]) -> np.ndarray:
     from leti.core import socs
 
-    base = calibration.load_base(socs.resolve(soc), runtime, root)
+    base = uncalibrated_base(socs.resolve(soc), runtime, root)
     return np.array([base.predict(g).total_ms for g in graphs])
 
 
@@ -215,14 +217,14 @@ def test_cross_runtime_base_is_the_kernel_sum(tmp_path, light_dir, models):
 
     soc = socs.resolve("snapdragon888")
     graphs = [light(light_dir, g) for g in GRAPHS[:4]]
-    base = calibration.load_base(soc, "ncnn-vulkan", models)
-    corrected = calibration.load_base(soc, "ncnn-vulkan", models, total=calibration.CORRECTED_TOTAL)
+    base = uncalibrated_base(soc, "ncnn-vulkan", models)
+    corrected = uncalibrated_base(soc, "ncnn-vulkan", models, total=registry.CORRECTED_TOTAL)
     for g in graphs:
         p = base.predict(g)
         assert p.total_ms == pytest.approx(p.kernel_sum_ms)
         assert corrected.predict(g).kernel_sum_ms == pytest.approx(p.kernel_sum_ms)
-    assert calibration.load_base(soc, "tflite-gpu", models).corrector is not None
-    assert calibration.base_total("tflite-gpu") == calibration.CORRECTED_TOTAL
+    assert uncalibrated_base(soc, "tflite-gpu", models).corrector is not None
+    assert registry.base_total("tflite-gpu") == registry.CORRECTED_TOTAL
 
     sums = base_totals(models, "snapdragon888", "ncnn-vulkan", graphs)
     csv = write_csv(
@@ -230,7 +232,7 @@ def test_cross_runtime_base_is_the_kernel_sum(tmp_path, light_dir, models):
         [(str(g), repr(float(2 * t))) for g, t in zip(graphs, sums, strict=True)],
     )
     doc, _ = calibration.calibrate("snapdragon888", "ncnn-vulkan", csv, models)
-    assert doc["base"]["total"] == calibration.KERNEL_SUM_TOTAL
+    assert doc["base"]["total"] == registry.KERNEL_SUM_TOTAL
     target = light(light_dir, GRAPHS[4])
     pred = Estimator.load("snapdragon888", "ncnn-vulkan", models).predict(target)
     assert pred.total_ms == pytest.approx(2 * base.predict(target).kernel_sum_ms, rel=1e-3)

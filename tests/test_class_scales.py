@@ -12,7 +12,7 @@ import pytest
 from leti.core.records import Kernel
 from leti.models import class_scales
 from leti.models.class_scales import ClassPrior, class_terms, fit_log_weights, learn_prior
-from leti.predict.estimator import Estimator
+from leti.predict.estimator import Estimator, uncalibrated_base
 from leti.train import calibrate as calibration
 from tests.test_calibration import GRAPHS, light, models, synth_root, write_csv  # noqa: F401
 
@@ -118,7 +118,7 @@ def test_ncnn_calibration_combines_both_halves(tmp_path, light_dir, models):  # 
     from leti.core import socs
 
     set_class_prior(models, prior_at(TRUE).to_dict())
-    base = calibration.load_base(socs.resolve("kirin9000"), "ncnn-vulkan", models)
+    base = uncalibrated_base(socs.resolve("kirin9000"), "ncnn-vulkan", models)
     graphs = [light(light_dir, g) for g in GRAPHS]
     plans = [base.plan(g) for g in graphs]
     terms = np.array([class_terms(p.kernels, base.kernel_ms(p)) for p in plans])

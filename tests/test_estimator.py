@@ -13,7 +13,8 @@ from leti import Estimator
 from leti.cli import main as cli_main
 from leti.core.errors import GraphError, UnknownRuntimeError, UnknownSocError
 from leti.core.records import Prediction
-from leti.predict.estimator import OVERHEAD_LAYER, available
+from leti.predict.estimator import OVERHEAD_LAYER
+from leti.predict.registry import available
 from tests.helpers import assert_no_pickle as _assert_no_pickle
 
 REPO = Path(__file__).resolve().parent.parent

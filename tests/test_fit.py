@@ -89,7 +89,7 @@ def test_corrector_inputs_come_from_regressors_that_never_saw_the_model(
         seen.append(set(ts_.kernel_rows["model"]) - set(exclude))
         return real_fit(ts_, exclude)
 
-    real_predict = fit_mod.predict_kernel_ms
+    real_predict = fit_mod.kernel_ms_by_name
     predicted_by: dict[str, set[str]] = {}
 
     def spy_predict(model, plans, names):
@@ -98,7 +98,7 @@ def test_corrector_inputs_come_from_regressors_that_never_saw_the_model(
         return real_predict(model, plans, names)
 
     monkeypatch.setattr(fit_mod, "fit_kernels", spy)
-    monkeypatch.setattr(fit_mod, "predict_kernel_ms", spy_predict)
+    monkeypatch.setattr(fit_mod, "kernel_ms_by_name", spy_predict)
     held_out = ts.models[:2]
     train = ts.models[2:]
     fit_mod.oof_kernel_ms(ts, train, exclude=held_out)

@@ -17,7 +17,9 @@ from leti.cli import main as cli_main
 from leti.core import socs
 from leti.core.errors import ModelNotFoundError
 from leti.frontend.features import GRAPH_FEATURES
-from leti.predict.estimator import Estimator, available
+from leti.models import transfer as transfer_model
+from leti.predict.estimator import Estimator
+from leti.predict.registry import available
 from leti.train import transfer
 from tests.helpers import assert_no_pickle
 
@@ -55,14 +57,14 @@ def build_synthetic_transfer(root: Path) -> Path:
     parts = []
     for i, sid in enumerate(SYNTH_TRAINED):
         hw = socs.resolve(sid)
-        _, log_roof = transfer.transfer_matrix(rows, hw)
+        _, log_roof = transfer_model.transfer_matrix(rows, hw)
         noise = np.random.default_rng(i).normal(0, 0.02, len(rows))
         parts.append((hw, rows.assign(latency_ms=np.exp(log_roof + np.log(3.0) + noise))))
-    kernels = transfer.TransferKernels(n_estimators=20, min_rows=20).fit(parts)
-    folder = root / transfer.TRANSFER_DIR / "tflite-gpu"
+    kernels = transfer_model.TransferKernels(n_estimators=20, min_rows=20).fit(parts)
+    folder = root / transfer_model.TRANSFER_DIR / "tflite-gpu"
     files = kernels.save(folder)
     n = len(GRAPH_FEATURES)
-    transfer.TransferCorrector(
+    transfer_model.TransferCorrector(
         mean_=np.zeros(n), scale_=np.ones(n), coef_=np.zeros(n), intercept_=0.2
     ).save(folder / "corrector.json")
     manifest = {
@@ -70,13 +72,13 @@ def build_synthetic_transfer(root: Path) -> Path:
         "runtime": "tflite-gpu",
         "model_version": "transfer-tflite-gpu-synthetic",
         "trained_socs": list(SYNTH_TRAINED),
-        "features": list(transfer.TRANSFER_FEATURES),
+        "features": list(transfer_model.TRANSFER_FEATURES),
         "kernel_files": files,
         "corrector_file": "corrector.json",
         "interval_log_quantiles": [-0.5, 0.6],
         "calibration_prior_sd": {"transfer": 0.15, "cross_runtime": 0.2},
     }
-    (folder / transfer.MANIFEST).write_text(json.dumps(manifest), "utf-8")
+    (folder / transfer_model.MANIFEST).write_text(json.dumps(manifest), "utf-8")
     return root
 
 
@@ -92,11 +94,11 @@ def synth_root(tmp_path_factory) -> Path:
 def test_roofline_terms_follow_the_descriptors():
     rows = synthetic_rows(50)
     fast, slow = socs.resolve("snapdragon888"), socs.resolve("rk3568")
-    x_fast, roof_fast = transfer.transfer_matrix(rows, fast)
-    x_slow, roof_slow = transfer.transfer_matrix(rows, slow)
-    assert x_fast.shape == (50, len(transfer.TRANSFER_FEATURES))
+    x_fast, roof_fast = transfer_model.transfer_matrix(rows, fast)
+    x_slow, roof_slow = transfer_model.transfer_matrix(rows, slow)
+    assert x_fast.shape == (50, len(transfer_model.TRANSFER_FEATURES))
     assert (roof_slow > roof_fast).all()
-    i = transfer.TRANSFER_FEATURES.index("log_compute_ms")
+    i = transfer_model.TRANSFER_FEATURES.index("log_compute_ms")
     np.testing.assert_allclose(
         x_slow[:, i] - x_fast[:, i], np.log(fast.fp16_gflops / slow.fp16_gflops), atol=1e-2
     )
@@ -105,13 +107,13 @@ def test_roofline_terms_follow_the_descriptors():
 def test_kernels_json_round_trip(tmp_path):
     rows = synthetic_rows(200)
     hw = socs.resolve("snapdragon855")
-    _, log_roof = transfer.transfer_matrix(rows, hw)
-    model = transfer.TransferKernels(n_estimators=10, min_rows=20).fit(
+    _, log_roof = transfer_model.transfer_matrix(rows, hw)
+    model = transfer_model.TransferKernels(n_estimators=10, min_rows=20).fit(
         [(hw, rows.assign(latency_ms=np.exp(log_roof + 1.0)))]
     )
     files = model.save(tmp_path)
     assert_no_pickle(tmp_path)
-    again = transfer.TransferKernels.load(tmp_path, files)
+    again = transfer_model.TransferKernels.load(tmp_path, files)
     other = socs.resolve("kirin9000")
     np.testing.assert_allclose(model.predict(rows, other), again.predict(rows, other))
 
@@ -119,10 +121,10 @@ def test_kernels_json_round_trip(tmp_path):
 def test_corrector_json_round_trip(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, len(GRAPH_FEATURES)))
-    c = transfer.TransferCorrector().fit(x, rng.normal(size=40))
+    c = transfer_model.TransferCorrector().fit(x, rng.normal(size=40))
     c.save(tmp_path / "c.json")
     np.testing.assert_allclose(
-        c.predict(x), transfer.TransferCorrector.load(tmp_path / "c.json").predict(x)
+        c.predict(x), transfer_model.TransferCorrector.load(tmp_path / "c.json").predict(x)
     )
 
 
@@ -210,18 +212,18 @@ BUNDLED = Path(__file__).resolve().parent.parent / "models" / "transfer" / "tfli
 
 @pytest.fixture(scope="module")
 def bundled() -> Path:
-    if not (BUNDLED / transfer.MANIFEST).is_file():
+    if not (BUNDLED / transfer_model.MANIFEST).is_file():
         pytest.skip("no committed transfer model (python -m leti.transfer)")
     return BUNDLED
 
 
 def test_bundled_transfer_model_is_json_with_loso_interval(bundled):
     assert_no_pickle(bundled)
-    manifest = json.loads((bundled / transfer.MANIFEST).read_text("utf-8"))
+    manifest = json.loads((bundled / transfer_model.MANIFEST).read_text("utf-8"))
     lo, hi = manifest["interval_log_quantiles"]
     assert lo < 0 < hi
     assert len(manifest["trained_socs"]) >= 4
-    assert manifest["features"] == list(transfer.TRANSFER_FEATURES)
+    assert manifest["features"] == list(transfer_model.TRANSFER_FEATURES)
 
 
 @pytest.mark.parametrize("soc", TRANSFER_SOCS)

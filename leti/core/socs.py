@@ -1,4 +1,6 @@
-"""The SoC registry: ids, aliases and hardware descriptors, read from `data/socs.json`.
+"""The SoC registry: ids, aliases and hardware descriptors, read from `data/socs.json`, and the
+descriptors of GPUs outside it (`GpuSpec`, from `data/ncnn_gpus.json`: the ncnn benchmark's
+mobile GPUs).
 
 Descriptors feed the transfer model, so they live in data rather than code: adding a SoC is a
 JSON edit, not a release.
@@ -109,3 +111,39 @@ def soc_for_phone(runtime: str, phone: str) -> Soc | None:
         if phone in soc.phones.get(runtime, ()):
             return soc
     return None
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """Hardware descriptors of a GPU outside the SoC registry (e.g. an ncnn benchmark target).
+
+    It has every attribute the transfer model reads from a `Soc`, so either can price kernels.
+    """
+
+    id: str
+    name: str
+    family: str
+    arch_gen: float
+    fp32_gflops: float
+    fp16_gflops: float
+    dram_gbps: float
+
+
+@cache
+def gpu_specs() -> dict[str, dict]:
+    """The raw `data/ncnn_gpus.json` entries, by GPU id."""
+    raw = resources.files("leti").joinpath("data/ncnn_gpus.json").read_text("utf-8")
+    return json.loads(raw)["gpus"]
+
+
+def gpu_spec(gid: str) -> GpuSpec:
+    d = gpu_specs()[gid]
+    return GpuSpec(
+        id=gid,
+        name=d["name"],
+        family=d["family"],
+        arch_gen=float(d["arch_gen"]),
+        fp32_gflops=float(d["fp32_gflops"]),
+        fp16_gflops=float(d["fp16_gflops"]),
+        dram_gbps=float(d["dram_gbps"]),
+    )

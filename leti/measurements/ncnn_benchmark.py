@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from leti.train.transfer import GpuSpec
+from leti.core.socs import GpuSpec, gpu_spec, gpu_specs
 
 CSV_NAME = "ncnn_benchmark.csv"
 BROKEN_SECTIONS = ("Station-M3",)
@@ -37,25 +35,6 @@ class NcnnTarget:
     gpu_name: str
     runs: tuple[int, ...]  # run_index values kept
     timings: pd.DataFrame  # model, latency_ms, graph (path)
-
-
-@cache
-def gpu_specs() -> dict[str, dict]:
-    raw = resources.files("leti").joinpath("data/ncnn_gpus.json").read_text("utf-8")
-    return json.loads(raw)["gpus"]
-
-
-def spec(gid: str) -> GpuSpec:
-    d = gpu_specs()[gid]
-    return GpuSpec(
-        id=gid,
-        name=d["name"],
-        family=d["family"],
-        arch_gen=float(d["arch_gen"]),
-        fp32_gflops=float(d["fp32_gflops"]),
-        fp16_gflops=float(d["fp16_gflops"]),
-        dram_gbps=float(d["dram_gbps"]),
-    )
 
 
 def load_vulkan_rows(data_dir: Path) -> pd.DataFrame:
@@ -105,7 +84,7 @@ def load_targets(data_dir: Path, zoo_dir: Path) -> list[NcnnTarget]:
         t["graph"] = [str(graphs[m]) for m in t["model"]]
         out.append(
             NcnnTarget(
-                gpu=spec(gid),
+                gpu=gpu_spec(gid),
                 section=str(sel["section"].iloc[0]) if len(sel) else d["section"],
                 gpu_name=d["gpu_name"],
                 runs=runs,

@@ -1,41 +1,52 @@
-"""`Estimator`: load the trained models of one (SoC, runtime) and predict end-to-end latency.
+"""`Estimator`: the trained models of one (SoC, runtime), predicting end-to-end latency.
 
-Prediction runs the pipeline in one direction: graph -> kernels -> features -> per-kernel
-regressors -> sum -> graph-level correction. An Estimator is immutable after `load`, so one
-instance can serve many threads.
+Prediction runs the pipeline in one direction: graph -> kernels -> per-kernel times -> sum ->
+graph-level correction -> calibration. Which models answer is `leti.predict.registry`'s choice;
+`Estimator.load` asks it and builds itself from the answer. An Estimator is immutable after
+`load`, so one instance can serve many threads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import onnx
-import pandas as pd
 
 from leti.core import socs
-from leti.core.errors import LetiError, ModelNotFoundError
+from leti.core.errors import LetiError
 from leti.core.records import Graph, KernelPlan, LayerTime, Prediction, Unsupported
-from leti.core.store import models_dir as resolve_models_dir
-from leti.frontend.features import graph_features, kernels_frame
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
 from leti.models import class_scales
-from leti.models.regressors import GraphCorrector, KernelRegressors
+from leti.models.calibration import CalibrationMap
+from leti.models.regressors import (
+    GraphCorrection,
+    GraphCorrector,
+    KernelRegressors,
+    KernelTimeModel,
+    NoGraphCorrection,
+    corrected_totals,
+    predict_kernel_ms,
+)
+from leti.models.transfer import TransferModel
+from leti.predict import registry
+from leti.predict.registry import KERNEL_SUM_TOTAL, BaseChoice, ModelChoice, Total
+
+log = logging.getLogger(__name__)
 
 GraphSource = str | os.PathLike[str] | bytes | onnx.ModelProto
 OVERHEAD_LAYER = "(graph overhead)"
+DEFAULT_LOG_INTERVAL = (-0.2, 0.2)
 
-__all__ = ["Estimator", "available", "model_folder", "GraphSource", "OVERHEAD_LAYER"]
-
-
-def model_folder(models_dir: Path, soc: str, runtime: str) -> Path:
-    return Path(models_dir) / soc / runtime
+__all__ = ["Estimator", "GraphSource", "OVERHEAD_LAYER", "uncalibrated_base"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +55,11 @@ class Estimator:
     runtime: str
     model_version: str
     provenance: str
-    kernels: KernelRegressors
-    corrector: GraphCorrector
+    kernels: KernelTimeModel
+    corrector: GraphCorrection
     manifest: Mapping
-    log_interval: tuple[float, float] = (-0.2, 0.2)
-    calibration: Mapping | None = None
+    log_interval: tuple[float, float] = DEFAULT_LOG_INTERVAL
+    calibration: CalibrationMap | None = None
 
     @classmethod
     def load(
@@ -57,37 +68,15 @@ class Estimator:
         runtime: str | None = None,
         models_dir: str | os.PathLike[str] | None = None,
     ) -> Estimator:
-        """Load the models for `soc` (an id or alias); runtime defaults to tflite-gpu."""
-        s = socs.resolve(soc)
-        rt = socs.resolve_runtime(runtime)
-        root = resolve_models_dir(models_dir)
-        folder = model_folder(root, s.id, rt)
-        manifest_path = folder / "manifest.json"
-        if not manifest_path.is_file():
-            from leti.train.transfer import load_transfer_estimator
+        """The estimator for `soc` (an id or alias); runtime defaults to tflite-gpu. Raises
+        `ModelNotFoundError` when no model can answer (see `leti.predict.registry`)."""
+        return cls.from_choice(registry.choose(soc, runtime, models_dir))
 
-            est = load_transfer_estimator(s, rt, root)
-            if est is not None:
-                return est
-            have = ", ".join(f"{a['soc']}/{a['runtime']}" for a in available(root)) or "none"
-            raise ModelNotFoundError(
-                f"no trained model for {s.id} on {rt} in {root}; available: {have}",
-                detail=have,
-            )
-        manifest = json.loads(manifest_path.read_text("utf-8"))
-        est = cls(
-            soc=s.id,
-            runtime=rt,
-            model_version=manifest["model_version"],
-            provenance="measured",
-            kernels=KernelRegressors.load(folder, manifest["kernel_files"]),
-            corrector=GraphCorrector.load(folder / manifest["corrector_file"]),
-            manifest=manifest,
-            log_interval=tuple(manifest.get("interval_log_quantiles", (-0.2, 0.2))),
-        )
-        from leti.train.calibrate import apply_saved_calibration
-
-        return apply_saved_calibration(est, root)
+    @classmethod
+    def from_choice(cls, choice: ModelChoice) -> Estimator:
+        """Build what the registry chose: the base, then its saved calibration."""
+        est = _build_base(socs.resolve(choice.soc), choice.runtime, choice.base)
+        return est if choice.calibration is None else _with_calibration(est, choice.calibration)
 
     # -- the pipeline ------------------------------------------------------------------------
     def plan(
@@ -113,31 +102,25 @@ class Estimator:
 
     def kernel_ms(self, plan: KernelPlan) -> np.ndarray:
         """Predicted time of each kernel of `plan`, before any graph-level correction."""
-        return self._kernel_ms([plan])[0]
-
-    def _kernel_ms(self, plans: Sequence[KernelPlan]) -> list[np.ndarray]:
-        """Per-kernel times of every plan, with one regressor call per kernel kind."""
-        frames = [kernels_frame(p.kernels) for p in plans]
-        sizes = [len(f) for f in frames]
-        all_ms = self.kernels.predict(pd.concat(frames, ignore_index=True)) if sum(sizes) else []
-        return np.split(np.asarray(all_ms, float), np.cumsum(sizes)[:-1])
+        return predict_kernel_ms(self.kernels, [plan])[0]
 
     def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
         """Batched: one regressor call per kernel kind and one corrector call for all graphs."""
-        split = self._kernel_ms(plans)
-        feats = np.array([graph_features(p, ms) for p, ms in zip(plans, split, strict=True)])
-        log_ratio = self.corrector.predict(feats)
+        split = predict_kernel_ms(self.kernels, plans)
+        totals, _ = corrected_totals(plans, split, self.corrector, floor_ms=0.0)
         return [
-            self._assemble(p, ms, float(r) if len(ms) else 0.0)
-            for p, ms, r in zip(plans, split, log_ratio, strict=True)
+            self._assemble(p, ms, float(t)) for p, ms, t in zip(plans, split, totals, strict=True)
         ]
 
-    def _assemble(self, plan: KernelPlan, ms: np.ndarray, log_ratio: float) -> Prediction:
+    def _assemble(self, plan: KernelPlan, ms: np.ndarray, total: float) -> Prediction:
         kernel_sum = float(ms.sum())
-        total = kernel_sum * float(np.exp(log_ratio))
         lo, hi = self.log_interval
-        if self.calibration:
-            total, (lo, hi) = _calibrate(total, self.calibration, plan, ms)
+        if self.calibration is not None:
+            terms = None
+            if self.calibration.class_log_weights is not None:
+                terms = class_scales.class_terms(plan.kernels, ms)
+            total = float(self.calibration.apply(total, terms))
+            lo, hi = self.calibration.interval
         layers = [
             LayerTime(k.name, k.op_type, "+".join((k.kind, *k.fused)), float(t))
             for k, t in zip(plan.kernels, ms, strict=True)
@@ -193,22 +176,6 @@ class Estimator:
         return out  # type: ignore[return-value]
 
 
-def _calibrate(
-    total: float, cal: Mapping, plan: KernelPlan, ms: np.ndarray
-) -> tuple[float, tuple[float, float]]:
-    """Log-affine map of the uncalibrated total, log t' = a + b log t, and for a cross-runtime
-    calibration its geometric mean with the class-scale model (see leti.calibration)."""
-    a, b = float(cal["a"]), float(cal["b"])
-    new = float(np.exp(a + b * np.log(max(total, 1e-9))))
-    if "class_log_weights" in cal:
-        terms = class_scales.class_terms(plan.kernels, ms)
-        new = float(
-            class_scales.combine(new, class_scales.predict(terms, cal["class_log_weights"]))
-        )
-    lo, hi = cal.get("interval_log_quantiles", (-0.2, 0.2))
-    return new, (float(lo), float(hi))
-
-
 def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:
     counts = Counter(layer.op_type for layer in plan.unsupported)
     return tuple(
@@ -221,30 +188,95 @@ def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:
     )
 
 
-def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
-    """Every loadable (soc, runtime): measured models, then transfer and calibrated ones."""
-    from leti.train.calibrate import read_calibration
+# --------------------------------------------------------------------------------------------
+# Building what the registry chose
 
-    root = resolve_models_dir(models_dir)
-    registry = socs.all_socs()
-    out = []
-    for manifest_path in sorted(root.glob("*/*/manifest.json")):
-        m = json.loads(manifest_path.read_text("utf-8"))
-        soc = registry.get(m.get("soc", ""))
-        if soc is None:
-            continue
-        cal = read_calibration(root, soc.id, m["runtime"])
-        out.append(
-            {
-                "soc": soc.id,
-                "name": soc.name,
-                "gpu": soc.gpu,
-                "runtime": m["runtime"],
-                "model_version": cal["model_version"] if cal else m["model_version"],
-                "provenance": "calibrated" if cal else "measured",
-            }
+
+@cache
+def _transfer_model(manifest_path: str, mtime_ns: int) -> TransferModel:
+    """A transfer model is shared by every SoC it answers for: load it once per file version."""
+    return TransferModel.load(Path(manifest_path).parent)
+
+
+def _load_transfer(folder: Path) -> TransferModel:
+    path = (folder / registry.TRANSFER_MANIFEST).resolve()
+    return _transfer_model(str(path), path.stat().st_mtime_ns)
+
+
+def _build_base(soc: socs.Soc, runtime: str, base: BaseChoice) -> Estimator:
+    """The uncalibrated estimator `base` describes, answering for `soc` on `runtime`."""
+    if base.source == "measured":
+        manifest = json.loads((base.folder / registry.MEASURED_MANIFEST).read_text("utf-8"))
+        est = Estimator(
+            soc=soc.id,
+            runtime=runtime,
+            model_version=manifest["model_version"],
+            provenance="measured",
+            kernels=KernelRegressors.load(base.folder, manifest["kernel_files"]),
+            corrector=GraphCorrector.load(base.folder / manifest["corrector_file"]),
+            manifest=manifest,
+            log_interval=tuple(manifest.get("interval_log_quantiles", DEFAULT_LOG_INTERVAL)),
         )
-    from leti.train.transfer import available_transfer
+    else:
+        model = _load_transfer(base.folder)
+        manifest = model.manifest
+        version = manifest["model_version"]
+        if base.profile:
+            manifest = {**manifest, "profile": base.profile}
+            version = f"{version}@{base.profile}"
+        est = Estimator(
+            soc=soc.id,
+            runtime=runtime,
+            model_version=version,
+            provenance="transfer",
+            kernels=model.kernels.bind(socs.resolve(base.hardware)),
+            corrector=model.corrector,
+            manifest=manifest,
+            log_interval=tuple(manifest["interval_log_quantiles"]),
+        )
+    if base.total == KERNEL_SUM_TOTAL:
+        est = replace(est, corrector=NoGraphCorrection())
+    return est
 
-    out.extend(available_transfer(root, {(a["soc"], a["runtime"]) for a in out}))
-    return out
+
+def uncalibrated_base(
+    soc: socs.Soc,
+    runtime: str,
+    models_dir: Path | None,
+    profile: str | None = None,
+    total: Total | None = None,
+) -> Estimator | None:
+    """The estimator a calibration of (soc, runtime) sits on, without any saved calibration,
+    or None when none can answer (`registry.base_choice` says which model and how)."""
+    base = registry.base_choice(soc, runtime, models_dir, profile=profile, total=total)
+    return None if base is None else _build_base(soc, runtime, base)
+
+
+def _with_calibration(est: Estimator, doc: Mapping) -> Estimator:
+    """`est` (the uncalibrated base) answering as calibrated by `doc`."""
+    if doc["base"]["model_version"] != est.model_version:
+        log.warning(
+            "calibration for %s/%s was fitted on %s but the base is now %s: re-run "
+            "`leti calibrate` to refit it",
+            doc["soc"],
+            doc["runtime"],
+            doc["base"]["model_version"],
+            est.model_version,
+        )
+    summary = {
+        "k": doc["k"],
+        "a": doc["a"],
+        "b": doc["b"],
+        "timings_sha256": doc["timings_sha256"],
+        "base": doc["base"],
+        "class_scales": bool(doc.get("class_scales")),
+        "created": doc.get("created"),
+    }
+    return replace(
+        est,
+        runtime=doc["runtime"],
+        provenance="calibrated",
+        model_version=doc["model_version"],
+        calibration=CalibrationMap.from_document(doc),
+        manifest={**dict(est.manifest), "calibration": summary},
+    )

@@ -45,11 +45,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,15 +56,24 @@ from typing import Any
 import numpy as np
 
 from leti.core import socs
-from leti.core.errors import LetiError, ModelNotFoundError
+from leti.core.errors import CalibrationError, LetiError, ModelNotFoundError
 from leti.core.store import atomic_write_json, sha256_file
 from leti.core.store import models_dir as resolve_models_dir
 from leti.models import class_scales
+from leti.models.calibration import log_affine, with_class_scales
+from leti.models.transfer import TRANSFER_RUNTIMES
+from leti.predict.estimator import Estimator, uncalibrated_base
+from leti.predict.registry import (
+    CALIBRATION_FORMAT,
+    KERNEL_SUM_TOTAL,
+    base_runtime,
+    base_total,
+    calibration_path,
+    transfer_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "calibration.json"
-FORMAT = "leti-calibration/1"
 MIN_TIMINGS = 3
 #: Ridge penalty on (b - 1), in squared log units: equal to the information about the slope
 #: of timings whose log base predictions spread over ~0.55 (a factor 1.7). Results on the
@@ -82,14 +90,6 @@ DEFAULT_PRIOR_SD = 0.15
 MAX_CSV_BYTES = 1 << 20
 OWN = "own"
 PROFILE_PREFIX = "profile:"
-#: What a base estimator's total is: the kernel sum times the graph-level correction, or the
-#: kernel sum alone (cross-runtime bases; see the module docstring).
-CORRECTED_TOTAL = "corrected"
-KERNEL_SUM_TOTAL = "kernel_sum"
-
-
-class CalibrationError(LetiError):
-    kind = "invalid_calibration"
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,7 +232,7 @@ class LogAffine:
     interval: tuple[float, float]  # log quantiles around the calibrated total
 
     def apply(self, base_ms: np.ndarray | float) -> np.ndarray:
-        return np.exp(self.a + self.b * np.log(np.maximum(base_ms, 1e-9)))
+        return log_affine(base_ms, self.a, self.b)
 
 
 def _ab(x: np.ndarray, y: np.ndarray, slope_prior: float) -> tuple[float, float]:
@@ -301,9 +301,7 @@ class CrossRuntimeFit:
     interval: tuple[float, float]
 
     def apply(self, base_ms: np.ndarray | float, terms: np.ndarray) -> np.ndarray:
-        return class_scales.combine(
-            self.log_affine.apply(base_ms), class_scales.predict(terms, self.log_weights)
-        )
+        return with_class_scales(self.log_affine.apply(base_ms), terms, self.log_weights)
 
 
 def fit_cross_runtime(
@@ -369,68 +367,15 @@ def select_and_fit(
 # Which estimator a calibration sits on
 
 
-def base_runtime(runtime: str) -> str:
-    """Runtimes without per-kernel data are calibrated on the default (tflite-gpu) estimator."""
-    if socs.runtimes().get(runtime, {}).get("per_kernel_data", True):
-        return runtime
-    return socs.default_runtime()
-
-
-def base_total(runtime: str) -> str:
-    """What the base of a new calibration for `runtime` answers: the kernel sum for runtimes
-    calibrated on another runtime's estimator, else the corrected total."""
-    return KERNEL_SUM_TOTAL if base_runtime(runtime) != runtime else CORRECTED_TOTAL
-
-
-class NoGraphCorrection:
-    """Stands in for the graph-level corrector of a kernel-sum base: log ratio 0."""
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.zeros(len(x))
-
-
-def load_base(
-    soc: socs.Soc,
-    runtime: str,
-    models_dir: Path | None,
-    profile: str | None = None,
-    total: str | None = None,
-):
-    """The uncalibrated estimator a calibration of (soc, runtime) sits on, or None.
-
-    `profile`: the transfer model priced with that measured SoC's descriptors instead.
-    `total`: `CORRECTED_TOTAL` or `KERNEL_SUM_TOTAL`; default `base_total(runtime)`."""
-    from leti.predict.estimator import Estimator
-    from leti.train.transfer import _UNCALIBRATED, profile_estimator
-
-    total = total or base_total(runtime)
-    if profile:
-        base = profile_estimator(soc, profile, runtime, models_dir)
-    else:
-        token = _UNCALIBRATED.set(True)
-        try:
-            base = Estimator.load(soc.id, base_runtime(runtime), models_dir)
-        except ModelNotFoundError:
-            return None
-        finally:
-            _UNCALIBRATED.reset(token)
-        base = replace(base, runtime=runtime) if base.runtime != runtime else base
-    if base is not None and total == KERNEL_SUM_TOTAL:
-        base = replace(base, corrector=NoGraphCorrection())
-    return base
-
-
-def candidate_bases(soc: socs.Soc, runtime: str, models_dir: Path | None) -> dict[str, Any]:
+def candidate_bases(soc: socs.Soc, runtime: str, models_dir: Path | None) -> dict[str, Estimator]:
     """The SoC's own base first, then every transfer profile (one per measured SoC)."""
-    from leti.train.transfer import TRANSFER_RUNTIMES, transfer_manifest
-
-    own = load_base(soc, runtime, models_dir)
+    own = uncalibrated_base(soc, runtime, models_dir)
     out: dict[str, Any] = {} if own is None else {OWN: own}
     brt = base_runtime(runtime)
     manifest = transfer_manifest(models_dir, brt) if brt in TRANSFER_RUNTIMES else None
     for other in (manifest or {}).get("trained_socs", []):
         if other != soc.id and other in socs.all_socs():
-            est = load_base(soc, runtime, models_dir, profile=other)
+            est = uncalibrated_base(soc, runtime, models_dir, profile=other)
             if est is not None:
                 out[f"{PROFILE_PREFIX}{other}"] = est
     return out
@@ -439,8 +384,6 @@ def candidate_bases(soc: socs.Soc, runtime: str, models_dir: Path | None) -> dic
 def class_prior_for(runtime: str, models_dir: Path | None) -> class_scales.ClassPrior | None:
     """The class-scale prior for a cross-runtime calibration of `runtime`, learned across the
     GPUs of that runtime's public benchmark and stored in the transfer manifest; else None."""
-    from leti.train.transfer import transfer_manifest
-
     if base_total(runtime) != KERNEL_SUM_TOTAL:
         return None
     manifest = transfer_manifest(models_dir, base_runtime(runtime)) or {}
@@ -454,10 +397,8 @@ def class_prior_for(runtime: str, models_dir: Path | None) -> class_scales.Class
         return None
 
 
-def prior_sd_for(base, runtime: str, models_dir: Path | None) -> tuple[float, str]:
+def prior_sd_for(base: Estimator, runtime: str, models_dir: Path | None) -> tuple[float, str]:
     """Residual scale expected after calibrating this kind of base (and where it comes from)."""
-    from leti.train.transfer import transfer_manifest
-
     manifest = transfer_manifest(models_dir) or {}
     priors = manifest.get("calibration_prior_sd", {})
     if base_runtime(runtime) != runtime and "cross_runtime" in priors:
@@ -472,10 +413,6 @@ def prior_sd_for(base, runtime: str, models_dir: Path | None) -> tuple[float, st
 
 # --------------------------------------------------------------------------------------------
 # Fit, save, load, apply
-
-
-def calibration_path(models_dir: Path, soc: str, runtime: str) -> Path:
-    return Path(models_dir) / soc / runtime / FILE_NAME
 
 
 def calibrate(
@@ -550,7 +487,7 @@ def calibrate(
     digest = timings_sha256(used)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
     doc = {
-        "format": FORMAT,
+        "format": CALIBRATION_FORMAT,
         "soc": soc.id,
         "runtime": runtime,
         "model_version": f"{base.model_version}+cal-{digest[:10]}",
@@ -618,155 +555,3 @@ def calibrate(
     }
     atomic_write_json(calibration_path(root, soc.id, runtime), doc)
     return doc, timings
-
-
-def read_calibration(models_dir: Path | None, soc: str, runtime: str) -> dict | None:
-    if models_dir is None:
-        return None
-    path = calibration_path(Path(models_dir), soc, runtime)
-    if not path.is_file():
-        return None
-    try:
-        doc = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        log.warning("%s: unreadable calibration ignored: %s", path, exc)
-        return None
-    required = {"a", "b", "interval_log_quantiles", "base", "soc", "runtime", "k", "model_version"}
-    if doc.get("format") != FORMAT or not required <= set(doc):
-        log.warning("%s: not a %s document; ignored", path, FORMAT)
-        return None
-    cls = doc.get("class_scales")
-    if cls and len(cls.get("log_weights", [])) != len(class_scales.TERMS):
-        log.warning("%s: class scales with other terms; re-run `leti calibrate`; ignored", path)
-        return None
-    return doc
-
-
-def saved_calibrations(models_dir: Path | None) -> list[tuple[str, str, dict]]:
-    """(soc, runtime, document) for every valid calibration under `models_dir`."""
-    if models_dir is None or not Path(models_dir).is_dir():
-        return []
-    out = []
-    registry = socs.all_socs()
-    for path in sorted(Path(models_dir).glob(f"*/*/{FILE_NAME}")):
-        soc, runtime = path.parent.parent.name, path.parent.name
-        if soc not in registry or runtime not in socs.runtimes():
-            continue
-        doc = read_calibration(models_dir, soc, runtime)
-        if doc is not None:
-            out.append((soc, runtime, doc))
-    return out
-
-
-def with_calibration(est, doc: Mapping[str, Any]):
-    """`est` (the uncalibrated base) answering as calibrated by `doc`."""
-    if doc["base"]["model_version"] != est.model_version:
-        log.warning(
-            "calibration for %s/%s was fitted on %s but the base is now %s: re-run "
-            "`leti calibrate` to refit it",
-            doc["soc"],
-            doc["runtime"],
-            doc["base"]["model_version"],
-            est.model_version,
-        )
-    summary = {
-        "k": doc["k"],
-        "a": doc["a"],
-        "b": doc["b"],
-        "timings_sha256": doc["timings_sha256"],
-        "base": doc["base"],
-        "class_scales": bool(doc.get("class_scales")),
-        "created": doc.get("created"),
-    }
-    return replace(
-        est,
-        runtime=doc["runtime"],
-        provenance="calibrated",
-        model_version=doc["model_version"],
-        calibration={
-            "a": float(doc["a"]),
-            "b": float(doc["b"]),
-            "interval_log_quantiles": tuple(doc["interval_log_quantiles"]),
-            **(
-                {"class_log_weights": tuple(doc["class_scales"]["log_weights"])}
-                if doc.get("class_scales")
-                else {}
-            ),
-        },
-        manifest={**dict(est.manifest), "calibration": summary},
-    )
-
-
-def apply_saved_calibration(estimator, models_dir: Path):
-    """Return `estimator` with a saved calibration applied, or unchanged when there is none."""
-    from leti.train.transfer import _UNCALIBRATED
-
-    if _UNCALIBRATED.get():
-        return estimator
-    doc = read_calibration(models_dir, estimator.soc, estimator.runtime)
-    if doc is None or doc["base"].get("runtime") != estimator.runtime:
-        return estimator
-    if doc["base"].get("profile"):
-        base = load_base(
-            socs.resolve(estimator.soc),
-            estimator.runtime,
-            models_dir,
-            profile=doc["base"]["profile"],
-            total=doc["base"].get("total", CORRECTED_TOTAL),
-        )
-        if base is None:
-            log.warning(
-                "calibration for %s/%s: its transfer profile is gone; ignored",
-                estimator.soc,
-                estimator.runtime,
-            )
-            return estimator
-        estimator = base
-    return with_calibration(estimator, doc)
-
-
-def load_calibrated_only(soc: socs.Soc, runtime: str, models_dir: Path):
-    """A runtime without its own model (ncnn-vulkan): its calibration on the base estimator."""
-    doc = read_calibration(models_dir, soc.id, runtime)
-    if doc is None:
-        return None
-    base = load_base(
-        soc,
-        runtime,
-        models_dir,
-        profile=doc["base"].get("profile"),
-        total=doc["base"].get("total", CORRECTED_TOTAL),
-    )
-    if base is None:
-        log.warning("calibration for %s/%s has no base estimator to sit on", soc.id, runtime)
-        return None
-    return with_calibration(base, doc)
-
-
-def run_calibrate(args) -> int:
-    """`leti calibrate --soc S [--runtime R] --measurements timings.csv [--models-dir D]`."""
-    doc, timings = calibrate(args.soc, args.runtime, args.measurements, args.models_dir)
-    root = resolve_models_dir(args.models_dir)
-    print(timings.report())
-    lo, hi = doc["interval_log_quantiles"]
-    print(
-        f"{doc['soc']}/{doc['runtime']}: calibrated on {doc['k']} timings "
-        f"(base {doc['base']['runtime']}, {doc['base']['provenance']}"
-        + (f", profile {doc['base']['profile']}" if doc["base"]["profile"] else "")
-        + ")"
-    )
-    print(
-        f"  log t = {doc['a']:+.4f} + {doc['b']:.4f} log t_base; leave-one-out RMS "
-        f"{100 * (math.exp(doc['loo_rms_log_residual']) - 1):.1f}%; interval "
-        f"{100 * (math.exp(lo) - 1):+.0f}% / {100 * (math.exp(hi) - 1):+.0f}%"
-    )
-    for r in doc["residuals"]:
-        print(
-            f"  {r['graph']}: measured {r['measured_ms']:.2f} ms, base {r['base_ms']:.2f}, "
-            f"calibrated {r['calibrated_ms']:.2f} "
-            f"({100 * (math.exp(-r['log_residual']) - 1):+.1f}%)"
-        )
-    print(f"wrote {calibration_path(root, doc['soc'], doc['runtime'])} ({doc['model_version']})")
-    if timings.rejected:
-        print(f"warning: {len(timings.rejected)} row(s) rejected (see above)")
-    return 0

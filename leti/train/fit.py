@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -25,11 +25,17 @@ import pandas as pd
 from leti.core.errors import LetiError, MeasurementError
 from leti.core.records import KernelPlan
 from leti.core.store import atomic_write_json
-from leti.frontend.features import graph_features, kernels_frame
+from leti.frontend.features import graph_features
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
 from leti.measurements import schema as measurements
-from leti.models.regressors import GraphCorrector, KernelRegressors
+from leti.models.regressors import (
+    GraphCorrector,
+    KernelRegressors,
+    KernelTimeModel,
+    corrected_totals,
+    predict_kernel_ms,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +95,11 @@ def fit_kernels(ts: TrainingSet, exclude: Sequence[str] = ()) -> KernelRegressor
     return KernelRegressors().fit(rows, rows["latency_ms"].to_numpy())
 
 
-def predict_kernel_ms(
-    model: KernelRegressors, plans: dict[str, KernelPlan], names: Sequence[str]
+def kernel_ms_by_name(
+    model: KernelTimeModel, plans: Mapping[str, KernelPlan], names: Sequence[str]
 ) -> dict[str, np.ndarray]:
-    """Kernel latencies of several graphs in one batched regressor call."""
-    frames = [kernels_frame(plans[n].kernels) for n in names]
-    sizes = [len(f) for f in frames]
-    if not frames or sum(sizes) == 0:
-        return {n: np.zeros(0) for n in names}
-    ms = model.predict(pd.concat(frames, ignore_index=True))
-    out, start = {}, 0
-    for n, size in zip(names, sizes, strict=True):
-        out[n] = ms[start : start + size]
-        start += size
-    return out
+    """Kernel latencies of several graphs, by name, in one batched regressor call."""
+    return dict(zip(names, predict_kernel_ms(model, [plans[n] for n in names]), strict=True))
 
 
 def oof_kernel_ms(
@@ -112,7 +109,7 @@ def oof_kernel_ms(
     out: dict[str, np.ndarray] = {}
     for fold in group_folds(models, min(N_SPLITS, len(models)), seed):
         regs = fit_kernels(ts, exclude=[*exclude, *fold])
-        out.update(predict_kernel_ms(regs, ts.plans, fold))
+        out.update(kernel_ms_by_name(regs, ts.plans, fold))
     return out
 
 
@@ -165,13 +162,11 @@ def predict_totals(
     pipe: FittedPipeline, ts: TrainingSet, models: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(corrected end-to-end, raw kernel sum) for held-out graphs."""
-    ms = predict_kernel_ms(pipe.kernels, ts.plans, models)
-    sums = np.array([ms[m].sum() for m in models])
-    x = np.array([graph_features(ts.plans[m], ms[m]) for m in models])
-    return sums * np.exp(pipe.corrector.predict(x)), sums
+    plans = [ts.plans[m] for m in models]
+    return corrected_totals(plans, predict_kernel_ms(pipe.kernels, plans), pipe.corrector)
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     out = {}
     for pkg in ("leti", "xgboost-cpu", "xgboost", "numpy", "pandas", "scikit-learn", "onnx"):
         try:
@@ -181,7 +176,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _fusion_hash() -> str:
+def fusion_rules_sha256() -> str:
     from importlib import resources
 
     raw = resources.files("leti").joinpath("data/fusion.json").read_bytes()
@@ -205,7 +200,9 @@ def fit_and_save(
 
     def manifest_for(kernel_files: dict[str, str]) -> dict:
         digest = hashlib.sha256(
-            json.dumps([data.get("data_sha256", ""), _fusion_hash(), sorted(kernel_files)]).encode()
+            json.dumps(
+                [data.get("data_sha256", ""), fusion_rules_sha256(), sorted(kernel_files)]
+            ).encode()
         ).hexdigest()[:10]
         return {
             "soc": soc,
@@ -222,8 +219,8 @@ def fit_and_save(
                 "corrector": "constant" if pipe.corrector.constant else "trees",
             },
             "data": data,
-            "fusion_rules_sha256": _fusion_hash(),
-            "libraries": _versions(),
+            "fusion_rules_sha256": fusion_rules_sha256(),
+            "libraries": library_versions(),
             "cv": cv_metrics or {},
             "format": "xgboost UBJ per kernel kind + corrector JSON (xgboost JSON inside); "
             "no pickle",

@@ -1,0 +1,203 @@
+"""The transfer model: kernel latency on a GPU without per-layer measurements.
+
+A kernel's latency on an unmeasured SoC is predicted from the kernel's own features plus the
+SoC's hardware descriptors, by one model trained across every measured SoC of the runtime:
+
+    log(latency) = log(roofline) + f(kernel features, roofline terms, SoC descriptors)
+
+where roofline = max(FLOPs / peak FP16 throughput, bytes / DRAM bandwidth) (FP16 because the
+measurements are FP16). `f` is one xgboost model per kernel kind on the roofline-normalised
+log time, so what the trees learn is *efficiency* relative to the SoC's peak, which transfers
+across SoCs better than raw time does. The graph-level corrector (log of end-to-end over the
+kernel sum) is a ridge pooled across SoCs (see `TransferCorrector`).
+
+This module holds the fitted things and their persistence (xgboost JSON + ridge JSON + a
+manifest, never pickle); `leti.train.transfer` trains them and `leti.predict` loads them.
+
+Layout: `<models_dir>/transfer/<runtime>/transfer.json` (the manifest; deliberately not named
+`manifest.json`, which marks a measured model) plus `kernel_<kind>.json` and `corrector.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from leti.core.store import atomic_write_json
+from leti.frontend.features import GRAPH_FEATURES, KERNEL_FEATURES, kernel_features
+from leti.models.regressors import KindBoosters
+
+TRANSFER_DIR = "transfer"
+MANIFEST = "transfer.json"
+#: Runtimes a transfer model is trained for (the ones with per-kernel data on >= 4 SoCs).
+TRANSFER_RUNTIMES = ("tflite-gpu",)
+FAMILIES = ("adreno", "mali", "powervr", "apple")
+SOC_FEATURES = (
+    "log_fp16_gflops",
+    "log_dram_gbps",
+    "log_balance",
+    *(f"family_{f}" for f in FAMILIES),
+)
+TRANSFER_FEATURES = (*KERNEL_FEATURES, "log_compute_ms", "log_memory_ms", *SOC_FEATURES)
+BYTES_PER_ELEMENT = 2  # FP16 activations and weights
+
+
+class Hardware(Protocol):
+    """What the transfer model needs to know about a GPU (a `leti.socs.Soc` has it all)."""
+
+    id: str
+    family: str
+    arch_gen: float
+    fp16_gflops: float
+    dram_gbps: float
+
+
+def soc_vector(hw: Hardware) -> np.ndarray:
+    fp16 = float(hw.fp16_gflops)
+    bw = float(hw.dram_gbps)
+    fam = [float(hw.family == f) for f in FAMILIES]
+    return np.array([np.log(fp16), np.log(bw), np.log(fp16 / bw), *fam])
+
+
+def transfer_matrix(geometry: pd.DataFrame, hw: Hardware) -> tuple[np.ndarray, np.ndarray]:
+    """(features in TRANSFER_FEATURES order, log roofline ms) for every kernel row on `hw`."""
+    x = kernel_features(geometry)
+    flops = np.expm1(x[:, 0])
+    moved = np.expm1(x[:, 1]) + np.expm1(x[:, 2]) + np.expm1(x[:, 3])
+    compute_ms = flops / (float(hw.fp16_gflops) * 1e6)
+    memory_ms = moved * BYTES_PER_ELEMENT / (float(hw.dram_gbps) * 1e6)
+    log_roof = np.log(np.maximum(compute_ms, memory_ms) + 1e-6)
+    sv = np.broadcast_to(soc_vector(hw), (len(x), len(SOC_FEATURES)))
+    feats = np.column_stack([x, np.log(compute_ms + 1e-9), np.log(memory_ms + 1e-9), sv])
+    return feats, log_roof
+
+
+@dataclass
+class TransferKernels(KindBoosters):
+    """Per-kind xgboost on roofline-normalised log latency, trained across SoCs."""
+
+    n_estimators: int = 250
+    min_rows: int = 30
+    min_child_weight: float = 2.0
+    full_rounds_rows: int = 200
+
+    raw_format = "json"
+
+    def fit(self, parts: Iterable[tuple[Hardware, pd.DataFrame]]) -> TransferKernels:
+        """`parts`: (hardware, kernel rows with geometry + latency_ms) per measured SoC."""
+        xs, ys, kinds = [], [], []
+        for hw, rows in parts:
+            rows = rows.reset_index(drop=True)
+            x, log_roof = transfer_matrix(rows, hw)
+            xs.append(x)
+            ys.append(np.log(rows["latency_ms"].to_numpy(float)) - log_roof)
+            kinds.append(rows["kind"].to_numpy())
+        self._fit_matrix(np.vstack(xs), np.concatenate(ys), np.concatenate(kinds))
+        return self
+
+    def predict(self, geometry: pd.DataFrame, hw: Hardware) -> np.ndarray:
+        if len(geometry) == 0:
+            return np.zeros(0)
+        geometry = geometry.reset_index(drop=True)
+        x, log_roof = transfer_matrix(geometry, hw)
+        return np.exp(self._predict_matrix(x, geometry["kind"].to_numpy()) + log_roof)
+
+    def bind(self, hw: Hardware) -> BoundKernels:
+        return BoundKernels(self, hw)
+
+
+@dataclass(frozen=True)
+class BoundKernels:
+    """The transfer kernels for one SoC: `.predict(geometry) -> ms`, as `Estimator` expects."""
+
+    model: TransferKernels
+    hw: Any
+
+    def predict(self, geometry: pd.DataFrame) -> np.ndarray:
+        return self.model.predict(geometry, self.hw)
+
+
+@dataclass
+class TransferCorrector:
+    """Ridge on standardised graph features -> log(end-to-end / kernel sum), pooled across SoCs.
+
+    Linear on purpose: pooled over SoCs whose kernel sums differ by 30x, trees would split on
+    the SoC's scale (log_kernel_sum) and carry one SoC's ratios to another; a ridge keeps the
+    model-dependent part (launch counts, standalone ops), which is what transfers."""
+
+    alpha: float = 3.0
+    mean_: np.ndarray | None = None
+    scale_: np.ndarray | None = None
+    coef_: np.ndarray | None = None
+    intercept_: float = 0.0
+
+    def fit(self, x: np.ndarray, log_ratio: np.ndarray) -> TransferCorrector:
+        x = np.asarray(x, float)
+        y = np.asarray(log_ratio, float)
+        self.mean_ = x.mean(axis=0)
+        self.scale_ = x.std(axis=0)
+        self.scale_[self.scale_ == 0] = 1.0
+        z = (x - self.mean_) / self.scale_
+        self.intercept_ = float(y.mean())
+        a = z.T @ z + self.alpha * np.eye(z.shape[1])
+        self.coef_ = np.linalg.solve(a, z.T @ (y - self.intercept_))
+        return self
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        z = (np.atleast_2d(np.asarray(x, float)) - self.mean_) / self.scale_
+        return z @ self.coef_ + self.intercept_
+
+    def to_json(self) -> dict:
+        return {
+            "type": "ridge",
+            "features": list(GRAPH_FEATURES),
+            "alpha": self.alpha,
+            "mean": self.mean_.tolist(),
+            "scale": self.scale_.tolist(),
+            "coef": self.coef_.tolist(),
+            "intercept": self.intercept_,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping) -> TransferCorrector:
+        if doc.get("type") != "ridge" or list(doc["features"]) != list(GRAPH_FEATURES):
+            raise ValueError("transfer corrector was trained with other graph features: retrain")
+        return cls(
+            alpha=float(doc["alpha"]),
+            mean_=np.array(doc["mean"], float),
+            scale_=np.array(doc["scale"], float),
+            coef_=np.array(doc["coef"], float),
+            intercept_=float(doc["intercept"]),
+        )
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> TransferCorrector:
+        return cls.from_json(json.loads(Path(path).read_text("utf-8")))
+
+
+@dataclass(frozen=True)
+class TransferModel:
+    """A saved transfer model: kernels, pooled corrector and manifest, as loaded together."""
+
+    kernels: TransferKernels
+    corrector: TransferCorrector
+    manifest: Mapping[str, Any]
+
+    @classmethod
+    def load(cls, folder: Path) -> TransferModel:
+        path = Path(folder) / MANIFEST
+        manifest = json.loads(path.read_text("utf-8"))
+        if list(manifest.get("features", [])) != list(TRANSFER_FEATURES):
+            raise ValueError(f"{path}: trained with other features; retrain the transfer model")
+        kernels = TransferKernels.load(folder, manifest["kernel_files"])
+        corrector = TransferCorrector.load(Path(folder) / manifest["corrector_file"])
+        return cls(kernels, corrector, manifest)
