@@ -181,10 +181,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from leti.service.server import run_serve
+def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)"
+    )
+    parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    parser.add_argument(
+        "--models-dir",
+        default=None,
+        help="trained models (default $LETI_MODELS_DIR, else the bundled models/)",
+    )
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=None,
+        metavar="SOC[:RUNTIME]",
+        help="load this estimator at start-up instead of on first request (repeatable)",
+    )
+    return parser
 
-    return run_serve(args) or 0
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        print("leti serve: --threads must be at least 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.port <= 65535:
+        print("leti serve: --port must be 0-65535", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for name in ("leti", "waitress"):  # INFO even when the CLI configured WARNING
+        logging.getLogger(name).setLevel(logging.INFO)
+    from leti.service.server import build_server, run_server, server_url
+
+    try:
+        server, app = build_server(
+            args.host, args.port, args.threads, args.models_dir, args.preload
+        )
+        # One line the tests (and people) can read the actual port from, even with --port 0.
+        print(
+            f"leti: serving on {server_url(server, args.host)} "
+            f"({args.threads} threads, models from {app.extensions['leti'].models_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
+        run_server(server)
+    except LetiError as exc:  # e.g. --preload of an unknown SoC, LETI_MAX_UPLOAD_MB=abc
+        print(f"leti serve: {exc.message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"leti serve: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. port in use
+        print(f"leti serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """`python -m leti.service.server [flags]`: `leti serve` on its own."""
+    parser = argparse.ArgumentParser(prog="leti serve", description="Run the leti HTTP service.")
+    add_serve_arguments(parser)
+    return cmd_serve(parser.parse_args(argv))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -193,10 +253,60 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return run_calibrate(args) or 0
 
 
-def cmd_measure(args: argparse.Namespace) -> int:
-    from leti.measurements.collect import run_measure
+def add_measure_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--soc", required=True, help="SoC id or alias of the phone")
+    p.add_argument("--graph", type=Path, required=True, help="the model's ONNX graph")
+    p.add_argument("--tflite", type=Path, default=None, help="the same model as .tflite")
+    p.add_argument("--serial", default=None, help="adb serial (default: the only device)")
+    # default: leti.measurements.collect.DEFAULT_BENCHMARK_BINARY (/data/local/tmp/...)
+    p.add_argument("--benchmark-binary", default=None)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the benchmark")
+    p.add_argument("--source-name", default=None, help="folder name (default: measure-<soc>)")
+    p.add_argument("--measurements-dir", type=Path, default=None, help="default: measurements/")
+    p.add_argument("--from-log", type=Path, default=None, help="parse a captured log instead")
 
-    return run_measure(args) or 0
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from leti.measurements import collect
+
+    job = collect.prepare_measurement(
+        args.soc,
+        args.graph,
+        tflite=args.tflite,
+        source_name=args.source_name,
+        measurements_dir=args.measurements_dir,
+        runs=args.runs,
+        warmup=args.warmup,
+    )
+    if args.from_log is not None:
+        run = collect.read_log(args.from_log, serial=args.serial)
+    else:
+        run = collect.run_on_device(
+            job, serial=args.serial, benchmark_binary=args.benchmark_binary, timeout=args.timeout
+        )
+        print(f"raw log: {run.log_path} (re-parse with --from-log)")
+    _print_measure_report(collect.ingest(job, run), collect.NO_KERNELS)
+    return 0
+
+
+def _print_measure_report(r, no_kernels: str) -> None:
+    """`r`: a `leti.measurements.collect.MeasureReport`."""
+    std = f" ± {r.std_ms:.3f}" if r.std_ms is not None else ""
+    print(f"{r.model} on {r.soc} ({r.runtime}): end-to-end {r.e2e_ms:.3f}{std} ms")
+    if not r.gpu_kernels:
+        print(no_kernels)
+    print(
+        f"kernels: {r.kernels_added} written, {r.kernels_kept} already present (kept), "
+        f"{r.kernels_rejected} rejected"
+    )
+    for reason, n in sorted(r.rejected.items()):
+        print(f"  rejected {reason}: {n}")
+    for note in r.notes[:20]:
+        print(f"  note: {note}")
+    print(f"end-to-end: {r.e2e_added} written, {r.e2e_kept} already present (kept)")
+    print(f"into {r.out_dir}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,12 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="serve the HTTP API (waitress)")
-    try:
-        from leti.service.server import add_serve_arguments
-
-        add_serve_arguments(p)
-    except ImportError:  # pragma: no cover - server module missing in a broken install
-        pass
+    add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("calibrate", help="fit a calibration from end-to-end timings")
@@ -256,12 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("measure", help="collect per-kernel measurements on a device")
-    try:
-        from leti.measurements.collect import add_measure_arguments
-
-        add_measure_arguments(p)
-    except ImportError:  # pragma: no cover
-        pass
+    add_measure_arguments(p)
     p.set_defaults(func=cmd_measure)
     return ap
 

@@ -26,6 +26,18 @@ from typing import Any
 import onnx
 import requests
 
+from leti.core.errors import (  # the client's public API: importable from here
+    BadGraph,
+    BadRequest,
+    ClientError,
+    NotFound,
+    ServerError,
+    TooLarge,
+    Unavailable,
+    UnprocessableGraph,
+    UnsupportedMediaType,
+)
+
 __all__ = [
     "Client",
     "ClientError",
@@ -42,52 +54,6 @@ __all__ = [
 
 GraphLike = str | os.PathLike[str] | bytes | bytearray | onnx.ModelProto
 _RETRY_STATUS = frozenset({502, 503, 504})
-
-
-class ClientError(Exception):
-    """An error answer from the server (or no answer at all)."""
-
-    def __init__(
-        self, status: int | None, error: str, detail: str, body: dict | None = None
-    ) -> None:
-        super().__init__(f"{status or 'no response'} {error}: {detail}")
-        self.status = status
-        self.error = error
-        self.detail = detail
-        self.body = body or {}
-
-
-class BadRequest(ClientError):
-    """400: a bad parameter (missing soc, bad input_shape, bad JSON...)."""
-
-
-class BadGraph(BadRequest):
-    """The graph itself is unusable: malformed/truncated ONNX (400)."""
-
-
-class UnprocessableGraph(BadGraph):
-    """422: symbolic input dims without input_shape (`body["input"]` names it), or too many
-    layers."""
-
-
-class NotFound(ClientError):
-    """404: unknown SoC or runtime (`body["known"]` lists the valid ones), no model, bad URL."""
-
-
-class TooLarge(ClientError):
-    """413: body over the server's upload limit, or too many graphs in one batch."""
-
-
-class UnsupportedMediaType(ClientError):
-    """415."""
-
-
-class ServerError(ClientError):
-    """5xx (after retries, for the retryable ones)."""
-
-
-class Unavailable(ServerError):
-    """The server could not be reached (after retries)."""
 
 
 def _error_class(status: int, error: str) -> type[ClientError]:
@@ -169,16 +135,17 @@ class Client:
     def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
         url = self.base_url + path
         last: Exception | None = None
+        retry_after: float | None = None  # the server's Retry-After on a retryable status
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self._delay(attempt, last))
+                time.sleep(self._delay(attempt, retry_after))
             try:
                 resp = self.session.request(method, url, timeout=self.timeout, **kw)
             except requests.ConnectionError as exc:  # includes ConnectTimeout
-                last = exc
+                last, retry_after = exc, None
                 continue
             if resp.status_code in _RETRY_STATUS and attempt < self.retries:
-                last = _RetryAfter(resp.headers.get("Retry-After"))
+                retry_after = _seconds(resp.headers.get("Retry-After"))
                 resp.close()
                 continue
             if resp.status_code >= 400:
@@ -186,10 +153,10 @@ class Client:
             return resp
         raise Unavailable(None, "unavailable", f"{method} {url} failed: {last}")
 
-    def _delay(self, attempt: int, last: Exception | None) -> float:
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
         delay = self.backoff * (2 ** (attempt - 1))
-        if isinstance(last, _RetryAfter) and last.seconds is not None:
-            delay = max(delay, min(last.seconds, 30.0))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, 30.0))
         return delay
 
     @staticmethod
@@ -287,10 +254,9 @@ class Client:
         return self._request("GET", "/healthz").json()
 
 
-class _RetryAfter(Exception):
-    def __init__(self, header: str | None) -> None:
-        super().__init__(f"retryable status (Retry-After: {header})")
-        try:
-            self.seconds: float | None = float(header) if header else None
-        except ValueError:
-            self.seconds = None
+def _seconds(header: str | None) -> float | None:
+    """A Retry-After header in seconds (its HTTP-date form is not used by leti servers)."""
+    try:
+        return float(header) if header else None
+    except ValueError:
+        return None

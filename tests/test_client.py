@@ -47,7 +47,7 @@ def heavy_model(channels: int = 128, dims: list | None = None) -> onnx.ModelProt
 
 @pytest.fixture(scope="module")
 def target() -> tuple[str, str]:
-    from leti.predict.estimator import available
+    from leti.predict.registry import available
 
     pairs = [(a["soc"], a["runtime"]) for a in available()]
     if not pairs:

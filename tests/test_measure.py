@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper
 
-from leti.cli import main
+from leti.cli import add_measure_arguments, cmd_measure, main
 from leti.core.errors import MeasurementError, UnknownSocError
 from leti.measurements import collect as measure
 from leti.measurements.collect import (
@@ -89,7 +89,7 @@ def _measure(graph: Path, out: Path, *extra: str, log: Path | None = SAMPLE) -> 
 
 def measure_args(graph: Path, out: Path, **kw):
     p = argparse.ArgumentParser()
-    measure.add_measure_arguments(p)
+    add_measure_arguments(p)
     args = p.parse_args(["--soc", kw.pop("soc", "snapdragon855"), "--graph", str(graph)])
     args.measurements_dir, args.source_name = out, "my-phone"
     for k, v in kw.items():
@@ -227,13 +227,13 @@ def test_errors_leave_existing_files_alone(graph, tmp_path, capsys):
     assert "unparseable benchmark log" in capsys.readouterr().err
     assert _files(tmp_path) == before
     with pytest.raises(UnknownSocError):
-        measure.run_measure(measure_args(graph, tmp_path, soc="not-a-soc"))
+        cmd_measure(measure_args(graph, tmp_path, soc="not-a-soc"))
 
 
 def test_missing_adb_is_a_clear_error(graph, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(measure.shutil, "which", lambda name: None)
     with pytest.raises(DeviceError, match="adb not found"):
-        measure.run_measure(measure_args(graph, tmp_path))
+        cmd_measure(measure_args(graph, tmp_path))
     assert _measure(graph, tmp_path, log=None) == 2
     assert "adb not found on PATH" in capsys.readouterr().err
     assert not (tmp_path / "my-phone").exists()
@@ -286,8 +286,8 @@ def test_device_not_found_and_benchmark_failure(graph, tmp_path, monkeypatch):
     tflite.write_bytes(b"x")
     _fake_adb(tmp_path, monkeypatch, state="")
     with pytest.raises(DeviceError, match="device 'ABC' not found.*device not found"):
-        measure.run_measure(measure_args(graph, tmp_path, tflite=tflite, serial="ABC"))
+        cmd_measure(measure_args(graph, tmp_path, tflite=tflite, serial="ABC"))
     _fake_adb(tmp_path, monkeypatch, fail=1)
     with pytest.raises(DeviceError, match="benchmark_model failed .exit 1.*Could not open"):
-        measure.run_measure(measure_args(graph, tmp_path, tflite=tflite))
+        cmd_measure(measure_args(graph, tmp_path, tflite=tflite))
     assert not (tmp_path / "my-phone" / "kernels.csv").exists()

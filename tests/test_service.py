@@ -87,7 +87,7 @@ def graphs(light_dir: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def target() -> tuple[str, str]:
     """A (soc, runtime) the bundled models can serve, preferring snapdragon855/tflite-gpu."""
-    from leti.predict.estimator import available
+    from leti.predict.registry import available
 
     avail = available()
     if not avail:
@@ -736,6 +736,30 @@ def test_serve_rejects_bad_arguments(capsys):
     assert "unknown SoC" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "var, value, message",
+    [
+        ("LETI_MAX_UPLOAD_MB", "abc", "LETI_MAX_UPLOAD_MB must be a number, got 'abc'"),
+        ("LETI_MAX_BATCH", "0", "LETI_MAX_BATCH must be positive, got '0'"),
+        ("LETI_MAX_LAYERS", "-5", "LETI_MAX_LAYERS must be positive, got '-5'"),
+        ("LETI_MAX_GRAPH_MB", "lots", "LETI_MAX_GRAPH_MB must be a number, got 'lots'"),
+    ],
+)
+def test_bad_environment_fails_at_start_up(monkeypatch, capsys, var, value, message):
+    from leti.core.errors import ConfigError
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=message) as info:
+        create_app()
+    assert (info.value.kind, info.value.variable, info.value.value) == (
+        "invalid_config",
+        var,
+        value,
+    )
+    assert server_main(["--port", "0"]) == 2
+    assert f"leti serve: {message}" in capsys.readouterr().err
+
+
 def test_batch_survives_an_unexpected_failure_in_one_graph(graphs, target, caplog):
     """If predict_many itself breaks, the batch falls back to graph-by-graph predictions and
     only the graph that fails gets an (opaque) internal_error slot."""
@@ -745,12 +769,12 @@ def test_batch_survives_an_unexpected_failure_in_one_graph(graphs, target, caplo
         def __init__(self, est):
             self.est, self.soc, self.runtime = est, est.soc, est.runtime
 
-        def predict(self, model, input_shapes=None):
-            if model.graph.name == "boom":
+        def predict(self, model, input_shapes=None, **kw):  # model: the uploaded bytes
+            if onnx.load_model_from_string(model).graph.name == "boom":
                 raise RuntimeError("secret detail")
-            return self.est.predict(model, input_shapes)
+            return self.est.predict(model, input_shapes, **kw)
 
-        def predict_many(self, models, input_shapes=None):
+        def predict_many(self, models, input_shapes=None, **kw):
             raise RuntimeError("batch path broken")
 
     c = create_app({"ESTIMATOR_LOADER": lambda *a: Flaky(_default_loader(*a))}).test_client()

@@ -1,4 +1,9 @@
-"""Errors a user can cause. Each maps to one HTTP status so the service needs no guessing."""
+"""Every exception class of leti, in one place.
+
+`LetiError` and its subclasses are errors a user can cause; each maps to one HTTP status so the
+service needs no guessing. `ClientError` and its subclasses are what `leti.client` raises for an
+error answer from a leti server (they are re-exported there, their public home).
+"""
 
 from __future__ import annotations
 
@@ -67,6 +72,31 @@ class MeasurementError(LetiError):
     kind = "invalid_measurements"
 
 
+class CalibrationError(LetiError):
+    """Unusable timings for `leti calibrate` (too few rows, an unreadable file, ...)."""
+
+    kind = "invalid_calibration"
+
+
+class DeviceError(MeasurementError):
+    """adb is missing, the phone is unreachable, or `benchmark_model` failed on it."""
+
+    status = 503
+    kind = "device_error"
+
+
+class ConfigError(LetiError):
+    """A LETI_* environment variable is set to an unusable value (see `leti.core.settings`)."""
+
+    status = 500  # the server's configuration, not the request, is at fault
+    kind = "invalid_config"
+
+    def __init__(self, message: str, variable: str, value: str):
+        super().__init__(message)
+        self.variable = variable
+        self.value = value
+
+
 class ServiceError(LetiError):
     """A request problem found by the service itself (not by the estimator)."""
 
@@ -75,3 +105,53 @@ class ServiceError(LetiError):
         self.status = status
         self.kind = kind
         self.extra = extra
+
+
+# --------------------------------------------------------------------------------------------
+# leti.client: error answers from a leti server
+
+
+class ClientError(Exception):
+    """An error answer from the server (or no answer at all)."""
+
+    def __init__(
+        self, status: int | None, error: str, detail: str, body: dict | None = None
+    ) -> None:
+        super().__init__(f"{status or 'no response'} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.body = body or {}
+
+
+class BadRequest(ClientError):
+    """400: a bad parameter (missing soc, bad input_shape, bad JSON...)."""
+
+
+class BadGraph(BadRequest):
+    """The graph itself is unusable: malformed/truncated ONNX (400)."""
+
+
+class UnprocessableGraph(BadGraph):
+    """422: symbolic input dims without input_shape (`body["input"]` names it), or too many
+    layers."""
+
+
+class NotFound(ClientError):
+    """404: unknown SoC or runtime (`body["known"]` lists the valid ones), no model, bad URL."""
+
+
+class TooLarge(ClientError):
+    """413: body over the server's upload limit, or too many graphs in one batch."""
+
+
+class UnsupportedMediaType(ClientError):
+    """415."""
+
+
+class ServerError(ClientError):
+    """5xx (after retries, for the retryable ones)."""
+
+
+class Unavailable(ServerError):
+    """The server could not be reached (after retries)."""

@@ -14,28 +14,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ENV_MODELS_DIR = "LETI_MODELS_DIR"
-ENV_MEASUREMENTS_DIR = "LETI_MEASUREMENTS_DIR"
+from leti.core import settings
+
 _REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def bundled_models_dir() -> Path:
+    """The `models/` folder shipped next to the package (the committed, trained models)."""
+    return _REPO_ROOT / "models"
 
 
 def models_dir(arg: str | os.PathLike[str] | None = None) -> Path:
     """`--models-dir`, else $LETI_MODELS_DIR, else the bundled `models/` next to the package."""
     if arg:
         return Path(arg)
-    if os.environ.get(ENV_MODELS_DIR):
-        return Path(os.environ[ENV_MODELS_DIR])
-    bundled = _REPO_ROOT / "models"
-    return bundled if bundled.is_dir() else Path("models")
+    return settings.models_dir(_bundled_or_relative("models"))
 
 
 def measurements_dir(arg: str | os.PathLike[str] | None = None) -> Path:
+    """`--measurements-dir`, else $LETI_MEASUREMENTS_DIR, else the bundled `measurements/`."""
     if arg:
         return Path(arg)
-    if os.environ.get(ENV_MEASUREMENTS_DIR):
-        return Path(os.environ[ENV_MEASUREMENTS_DIR])
-    bundled = _REPO_ROOT / "measurements"
-    return bundled if bundled.is_dir() else Path("measurements")
+    return settings.measurements_dir(_bundled_or_relative("measurements"))
+
+
+def _bundled_or_relative(name: str) -> Path:
+    """The folder next to the package when it is there (a checkout), else `./name`."""
+    bundled = _REPO_ROOT / name
+    return bundled if bundled.is_dir() else Path(name)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:

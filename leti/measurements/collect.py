@@ -8,11 +8,16 @@ Those are paired with the ONNX graph's `tflite-gpu` plan in order within each ke
 atomically into `<measurements>/<source-name>/`: existing rows are never dropped, and a key
 (soc, runtime, model, source_row) already present keeps its old row. `--from-log` parses a
 captured log instead of using a device. Op profiling syncs per kernel: e2e may read high.
+
+The steps, which `leti measure` (in `leti.cli`) strings together and reports:
+
+    job = prepare_measurement("snapdragon855", "net.onnx", tflite="net.tflite")
+    run = run_on_device(job)            # or read_log(job, "captured.log")
+    report = ingest(job, run)           # a MeasureReport; the tables are written
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import re
@@ -20,26 +25,24 @@ import shlex
 import shutil
 import subprocess
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from leti.core.errors import MeasurementError
-from leti.core.store import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    measurements_dir,
-)
+from leti.core import store
+from leti.core.errors import DeviceError, MeasurementError  # DeviceError: importable from here
+from leti.core.records import Graph, KernelPlan
+from leti.core.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 from leti.measurements import schema as lm
 from leti.measurements.importers import SOURCE_NAME
 from leti.measurements.schema import parse_fused
 
 RUNTIME = "tflite-gpu"
 REMOTE_DIR = "/data/local/tmp"
+DEFAULT_BENCHMARK_BINARY = f"{REMOTE_DIR}/benchmark_model"
 NO_KERNELS = "only end-to-end timing available: the delegate did not report per-kernel times"
 _OPS = {"conv": "CONV_2D", "dwconv": "DEPTHWISE_CONV_2D", "gconv": "CONV_2D_GROUP"}
 _OPS |= {"fc": "FULLY_CONNECTED", "pool_max": "MAX_POOL_2D", "pool_avg": "AVERAGE_POOL_2D"}
@@ -52,13 +55,6 @@ _NOT_DELEGATED = re.compile(
     r"(failed to (?:apply|create) (?:the )?gpu delegate|will not be executed by the delegate)", re.I
 )
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-
-
-class DeviceError(MeasurementError):
-    """adb is missing, the phone is unreachable, or `benchmark_model` failed on it."""
-
-    status = 503
-    kind = "device_error"
 
 
 @dataclass(frozen=True)
@@ -253,84 +249,152 @@ def _last(text: str, n: int = 800) -> str:
     return text.strip()[-n:]
 
 
-def run_on_device(args: argparse.Namespace) -> tuple[str, str]:
-    """(benchmark stdout, device serial) after pushing the .tflite and running the benchmark."""
+@dataclass(frozen=True)
+class MeasureJob:
+    """What to measure and where the rows go; `prepare_measurement` checks it all up front."""
+
+    soc: str  # registry id
+    source_name: str  # the folder under the measurements dir
+    graph_path: Path
+    graph: Graph
+    plan: KernelPlan  # the graph's tflite-gpu kernels
+    out_dir: Path
+    tflite: Path | None = None
+    runs: int = 50
+    warmup: int = 10
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """A `benchmark_model` log: from the device (kept under `<out>/logs/`) or a captured file."""
+
+    text: str
+    serial: str  # the device's, or the log file's name for a captured log
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class MeasureReport:
+    """What one measurement added to the tables."""
+
+    model: str
+    soc: str
+    runtime: str
+    e2e_ms: float
+    std_ms: float | None
+    gpu_kernels: int  # GPU kernel rows in the log (0: the delegate reported none)
+    kernels_added: int
+    kernels_kept: int  # already present: the old row is kept
+    e2e_added: int
+    e2e_kept: int
+    out_dir: Path
+    rejected: dict[str, int] = field(default_factory=dict)  # kernel rows, by reason
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kernels_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+
+def prepare_measurement(
+    soc: str,
+    graph: str | Path,
+    *,
+    tflite: str | Path | None = None,
+    source_name: str | None = None,
+    measurements_dir: str | Path | None = None,
+    runs: int = 50,
+    warmup: int = 10,
+) -> MeasureJob:
+    """Resolve the SoC, check the options and plan the graph: a bad graph fails before any
+    device is touched."""
+    from leti.core.socs import resolve
+    from leti.frontend.fusion import plan
+    from leti.frontend.graph import parse_graph
+
+    soc_id = resolve(soc).id
+    name = source_name or f"measure-{soc_id}"
+    if not _SAFE_NAME.match(name) or name == SOURCE_NAME:
+        raise MeasurementError(f"bad --source-name {name!r}: use a plain, new folder name")
+    if runs < 1 or warmup < 0:
+        raise MeasurementError("--runs must be >= 1 and --warmup >= 0")
+    graph_path = Path(graph).resolve()
+    parsed = parse_graph(graph_path)
+    return MeasureJob(
+        soc=soc_id,
+        source_name=name,
+        graph_path=graph_path,
+        graph=parsed,
+        plan=plan(parsed, RUNTIME),
+        out_dir=store.measurements_dir(measurements_dir) / name,
+        tflite=Path(tflite) if tflite is not None else None,
+        runs=runs,
+        warmup=warmup,
+    )
+
+
+def run_on_device(
+    job: MeasureJob,
+    *,
+    serial: str | None = None,
+    benchmark_binary: str | None = None,
+    timeout: float = 900.0,
+) -> BenchmarkRun:
+    """Push the .tflite, run `benchmark_model` on the phone and keep its log under
+    `<out>/logs/` (the rows can be re-derived from it with `read_log`)."""
     adb = shutil.which("adb")
     if adb is None:
         raise DeviceError("adb not found on PATH: install Android platform-tools or use --from-log")
-    if args.tflite is None or not Path(args.tflite).is_file():
-        raise MeasurementError(f"--tflite file not found: {args.tflite}")
-    base = [adb, *(["-s", args.serial] if args.serial else [])]
+    if job.tflite is None or not job.tflite.is_file():
+        raise MeasurementError(f"--tflite file not found: {job.tflite}")
+    base = [adb, *(["-s", serial] if serial else [])]
     state = _run([*base, "get-state"], 20, "adb get-state")
     if state.returncode != 0 or state.stdout.strip() != "device":
-        who = f"device {args.serial!r}" if args.serial else "a device"
+        who = f"device {serial!r}" if serial else "a device"
         raise DeviceError(f"{who} not found or not ready: {_last(state.stderr or state.stdout)}")
-    serial = args.serial or _run([*base, "get-serialno"], 20, "adb get-serialno").stdout.strip()
-    remote = f"{REMOTE_DIR}/{Path(args.tflite).name}"
-    push = _run([*base, "push", str(args.tflite), remote], 300, "adb push")
+    serial = serial or _run([*base, "get-serialno"], 20, "adb get-serialno").stdout.strip()
+    remote = f"{REMOTE_DIR}/{job.tflite.name}"
+    push = _run([*base, "push", str(job.tflite), remote], 300, "adb push")
     if push.returncode != 0:
         raise DeviceError(f"adb push failed: {_last(push.stderr or push.stdout)}")
     flags = [f"--graph={remote}", "--use_gpu=true", "--gpu_precision_loss_allowed=true"]
     flags += [
         "--enable_op_profiling=true",
-        f"--num_runs={args.runs}",
-        f"--warmup_runs={args.warmup}",
+        f"--num_runs={job.runs}",
+        f"--warmup_runs={job.warmup}",
     ]
-    remote_cmd = " ".join(shlex.quote(a) for a in [args.benchmark_binary, *flags])
-    bench = _run([*base, "shell", remote_cmd], args.timeout, "benchmark_model")
+    binary = benchmark_binary or DEFAULT_BENCHMARK_BINARY
+    remote_cmd = " ".join(shlex.quote(a) for a in [binary, *flags])
+    bench = _run([*base, "shell", remote_cmd], timeout, "benchmark_model")
     text = f"{bench.stdout}\n{bench.stderr}"  # TFLITE_LOG writes to stderr
     if bench.returncode != 0 or "Inference timings" not in text:
         why = _last(bench.stderr) or _last(bench.stdout)
         raise DeviceError(f"benchmark_model failed (exit {bench.returncode}): {why}")
-    return text, serial or "unknown"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_path = atomic_write_text(job.out_dir / "logs" / f"{job.graph_path.stem}-{stamp}.log", text)
+    return BenchmarkRun(text, serial or "unknown", log_path)
 
 
-def add_measure_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--soc", required=True, help="SoC id or alias of the phone")
-    p.add_argument("--graph", type=Path, required=True, help="the model's ONNX graph")
-    p.add_argument("--tflite", type=Path, default=None, help="the same model as .tflite")
-    p.add_argument("--serial", default=None, help="adb serial (default: the only device)")
-    p.add_argument("--benchmark-binary", default=f"{REMOTE_DIR}/benchmark_model")
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the benchmark")
-    p.add_argument("--source-name", default=None, help="folder name (default: measure-<soc>)")
-    p.add_argument("--measurements-dir", type=Path, default=None, help="default: measurements/")
-    p.add_argument("--from-log", type=Path, default=None, help="parse a captured log instead")
+def read_log(path: str | Path, serial: str | None = None) -> BenchmarkRun:
+    """A captured `benchmark_model` log; `serial` defaults to the file's name."""
+    path = Path(path)
+    try:
+        text = path.read_text("utf-8", errors="replace")
+    except OSError as exc:
+        raise MeasurementError(f"cannot read log {path}: {exc}") from exc
+    return BenchmarkRun(text, serial or path.name, path)
 
 
-def run_measure(args: argparse.Namespace) -> int:
-    from leti.core.socs import resolve
+def ingest(job: MeasureJob, run: BenchmarkRun) -> MeasureReport:
+    """Parse the log, pair its GPU kernels with the plan, validate the rows and merge them into
+    `job.out_dir` atomically (existing rows are kept; the manifest is written last)."""
     from leti.frontend.features import kernels_frame
-    from leti.frontend.fusion import plan
-    from leti.frontend.graph import parse_graph
 
-    soc = resolve(args.soc)
-    name = args.source_name or f"measure-{soc.id}"
-    if not _SAFE_NAME.match(name) or name == SOURCE_NAME:
-        raise MeasurementError(f"bad --source-name {name!r}: use a plain, new folder name")
-    if args.runs < 1 or args.warmup < 0:
-        raise MeasurementError("--runs must be >= 1 and --warmup >= 0")
-    graph_path = Path(args.graph).resolve()
-    graph = parse_graph(graph_path)
-    kernel_plan = plan(graph, RUNTIME)  # fail on a bad graph before the device
-    out = measurements_dir(args.measurements_dir) / name
-    if args.from_log is not None:
-        try:
-            text = Path(args.from_log).read_text("utf-8", errors="replace")
-        except OSError as exc:
-            raise MeasurementError(f"cannot read log {args.from_log}: {exc}") from exc
-        serial = args.serial or Path(args.from_log).name
-    else:
-        text, serial = run_on_device(args)  # the log is kept: the rows can be re-derived
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        log_path = atomic_write_text(out / "logs" / f"{graph_path.stem}-{stamp}.log", text)
-        print(f"raw log: {log_path} (re-parse with --from-log)")
-    log = parse_benchmark_log(text)
-    model, source = graph_path.stem, f"measure:{serial}"
-    key = {"soc": soc.id, "runtime": RUNTIME, "model": model}
+    log = parse_benchmark_log(run.text)
+    model, source = job.graph_path.stem, f"measure:{run.serial}"
+    key = {"soc": job.soc, "runtime": RUNTIME, "model": model}
 
-    kernels = list(kernel_plan.kernels)
+    kernels = list(job.plan.kernels)
     pairs, rejected, notes = match_kernels(kernels, log.kernels)
     geometry = kernels_frame([k for _, k in pairs])
     rows = []
@@ -341,14 +405,15 @@ def run_measure(args: argparse.Namespace) -> int:
         rows.append({**row, "source": source})
     new_kernels, bad = lm.validate_kernel_rows(pd.DataFrame(rows, columns=list(lm.KERNEL_COLUMNS)))
     rejected.update(bad)
-    params = args.tflite.stat().st_size if args.tflite and Path(args.tflite).is_file() else None
+    params = job.tflite.stat().st_size if job.tflite and job.tflite.is_file() else None
     e2e_row = {**key, "latency_ms": round(log.e2e_ms, 9), "std_ms": log.std_ms, "source": source}
-    e2e_row.update(flops=sum(la.flops for la in graph.layers) or None, params_bytes=params)
-    e2e_row["graph"] = str(graph_path)
+    e2e_row.update(flops=sum(la.flops for la in job.graph.layers) or None, params_bytes=params)
+    e2e_row["graph"] = str(job.graph_path)
     new_e2e, bad_e2e = lm.validate_e2e_rows(pd.DataFrame([e2e_row], columns=list(lm.E2E_COLUMNS)))
     if bad_e2e:
         raise MeasurementError(f"the end-to-end row is invalid: {bad_e2e}")
 
+    out = job.out_dir
     sort_k = ["source", "soc", "runtime", "model", "source_row"]
     k_bytes, k_rows, k_added, k_kept = _merge_table(
         out / lm.KERNELS_FILE, new_kernels, lm.KERNEL_COLUMNS, sort_k[1:], sort_k
@@ -358,22 +423,28 @@ def run_measure(args: argparse.Namespace) -> int:
     )
     tables = ((lm.KERNELS_FILE, k_bytes, k_rows), (lm.E2E_FILE, e_bytes, e_rows))
     outputs = {f: {"rows": n, "sha256": hashlib.sha256(b).hexdigest()} for f, b, n in tables}
-    manifest = {"schema_version": lm.SCHEMA_VERSION, "source": name, "tool": "leti measure"}
-    manifest.update(licence=None, outputs=outputs, leti_version=lm._leti_version())
+    manifest = {
+        "schema_version": lm.SCHEMA_VERSION,
+        "source": job.source_name,
+        "tool": "leti measure",
+    }
+    manifest.update(licence=None, outputs=outputs, leti_version=lm.leti_version())
     atomic_write_bytes(out / lm.KERNELS_FILE, k_bytes)  # manifest last, as the importer does
     atomic_write_bytes(out / lm.E2E_FILE, e_bytes)
     atomic_write_json(out / lm.MANIFEST_FILE, manifest)
 
-    std = f" ± {log.std_ms:.3f}" if log.std_ms is not None else ""
-    print(f"{model} on {soc.id} ({RUNTIME}): end-to-end {log.e2e_ms:.3f}{std} ms")
-    if not log.kernels:
-        print(NO_KERNELS)
-    n_bad = sum(rejected.values())
-    print(f"kernels: {k_added} written, {k_kept} already present (kept), {n_bad} rejected")
-    for reason, n in sorted(rejected.items()):
-        print(f"  rejected {reason}: {n}")
-    for note in notes[:20]:
-        print(f"  note: {note}")
-    print(f"end-to-end: {e_added} written, {e_kept} already present (kept)")
-    print(f"into {out}")
-    return 0
+    return MeasureReport(
+        model=model,
+        soc=job.soc,
+        runtime=RUNTIME,
+        e2e_ms=log.e2e_ms,
+        std_ms=log.std_ms,
+        gpu_kernels=len(log.kernels),
+        kernels_added=k_added,
+        kernels_kept=k_kept,
+        e2e_added=e_added,
+        e2e_kept=e_kept,
+        out_dir=out,
+        rejected=dict(sorted(rejected.items())),
+        notes=notes,
+    )

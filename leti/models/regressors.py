@@ -11,31 +11,20 @@ sum). Both are stored as xgboost JSON inside our own JSON documents.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from leti.core.records import KERNEL_KINDS, KernelPlan
 from leti.core.store import atomic_write_bytes, atomic_write_json
-from leti.frontend.features import GRAPH_FEATURES, kernel_features
+from leti.frontend.features import GRAPH_FEATURES, graph_features, kernel_features, kernels_frame
 
-KINDS = (
-    "conv",
-    "dwconv",
-    "gconv",
-    "fc",
-    "pool_max",
-    "pool_avg",
-    "pool_global",
-    "concat",
-    "add",
-    "mul",
-    "act",
-    "bn",
-)
+KINDS = KERNEL_KINDS  # the pooled model's kind codes are indices into it: order is persisted
 _POOLED = "_pooled"
 
 
@@ -218,3 +207,55 @@ class GraphCorrector:
         booster.load_model(bytearray(json.dumps(doc["booster"]).encode()))
         booster.set_param({"nthread": 1})
         return cls(booster=booster)
+
+
+class NoGraphCorrection:
+    """Stands in for the graph-level corrector of a kernel-sum base: log ratio 0.
+
+    A cross-runtime calibration (ncnn-vulkan) sits on another runtime's *kernel sum*: that
+    runtime's corrector learned its own overheads, not the target runtime's."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.zeros(len(x))
+
+
+class KernelTimeModel(Protocol):
+    """Anything that prices kernel rows: `.predict(kernels frame) -> ms` (measured boosters, or
+    the transfer model bound to one GPU)."""
+
+    def predict(self, geometry: pd.DataFrame) -> np.ndarray: ...
+
+
+class GraphCorrection(Protocol):
+    """Anything that maps graph features to log(end-to-end / kernel sum)."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def predict_kernel_ms(model: KernelTimeModel, plans: Sequence[KernelPlan]) -> list[np.ndarray]:
+    """Per-kernel times (ms) of every plan, with one regressor call per kernel kind for the
+    whole batch: that is what makes NAS-sized batches fast."""
+    frames = [kernels_frame(p.kernels) for p in plans]
+    sizes = [len(f) for f in frames]
+    if sum(sizes) == 0:
+        return [np.zeros(0) for _ in plans]
+    ms = np.asarray(model.predict(pd.concat(frames, ignore_index=True)), float)
+    return np.split(ms, np.cumsum(sizes)[:-1])
+
+
+def corrected_totals(
+    plans: Sequence[KernelPlan],
+    kernel_ms: Sequence[np.ndarray],
+    corrector: GraphCorrection,
+    floor_ms: float = 1e-6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(end-to-end, kernel sum) of each plan: total = kernel sum x exp(graph-level correction),
+    with one corrector call for the batch. The kernel sum is floored at `floor_ms` (a graph
+    with no priced kernel must not take a log of 0)."""
+    sums = np.array([max(float(ms.sum()), floor_ms) for ms in kernel_ms])
+    if not len(sums):
+        return sums, sums
+    x = np.array([graph_features(p, ms) for p, ms in zip(plans, kernel_ms, strict=True)])
+    # xgboost answers float32: take the exponential in float64, as a single prediction does
+    log_ratio = np.asarray(corrector.predict(x), float)
+    return sums * np.exp(log_ratio), sums

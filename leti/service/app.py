@@ -4,7 +4,8 @@
     app = create_app({"MODELS_DIR": "m"})  # or explicit
 
 Endpoints (see `leti.service.openapi` and the README): POST /predict, POST /predict/batch,
-GET /socs, GET /healthz, GET /openapi.json, GET /metrics. Every error is JSON `{"error": kind, "detail": ...}`.
+GET /socs, GET /healthz, GET /openapi.json, GET /metrics. Every error is JSON
+`{"error": kind, "detail": ...}`.
 
 State that outlives a request lives on the app, never at module level: the estimator cache (one
 `Estimator` per (soc, runtime), loaded once per process) and the metrics, each behind a lock.
@@ -15,47 +16,42 @@ Estimators are immutable after load, so handler threads share them freely. A req
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
-import onnx
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from leti.core import socs
+from leti.core import settings, socs
 from leti.core.errors import (
     GraphError,
     LetiError,
     ServiceError,
     SymbolicShapeError,
-    TooManyLayersError,
     UnknownRuntimeError,
     UnknownSocError,
 )
 from leti.core.store import models_dir as resolve_models_dir
 from leti.service.metrics import Metrics
-from leti.service.parsing import (  # MAX_DIM, JSON_TYPE: re-exported for callers of leti.service
-    JSON_TYPE,  # noqa: F401
-    MAX_DIM,  # noqa: F401
+from leti.service.parsing import (
     MULTIPART,
     RAW_TYPES,
-    _batch_inputs,
-    _param,
-    _parse_bool,
-    _parse_input_shape,
-    _read_capped,
-    _require_type,
+    batch_inputs,
+    param,
+    parse_bool,
+    parse_input_shape,
+    read_capped,
+    require_type,
 )
 
 log = logging.getLogger("leti.service.app")
 
 EXTENSION = "leti"
-DEFAULT_MAX_UPLOAD_MB = 64
-DEFAULT_MAX_BATCH = 256
+DEFAULT_MAX_UPLOAD_MB = settings.DEFAULT_MAX_UPLOAD_MB
+DEFAULT_MAX_BATCH = settings.DEFAULT_MAX_BATCH
 
 # Names for HTTP errors that werkzeug raises (routing, body size, ...).
 _HTTP_KINDS = {
@@ -81,19 +77,6 @@ def version() -> str:
 # configuration
 
 
-def _env_int(name: str, default: int | None) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(float(raw))
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {raw!r}")
-    return value
-
-
 def _default_loader(soc: str, runtime: str, models_dir: Any) -> Any:
     from leti.predict.estimator import Estimator
 
@@ -101,35 +84,26 @@ def _default_loader(soc: str, runtime: str, models_dir: Any) -> Any:
 
 
 def _default_available(models_dir: Any) -> list[dict]:
-    from leti.predict.estimator import available
+    from leti.predict.registry import available
 
     return available(models_dir)
 
 
-def _default_load_model(data: bytes, max_bytes: int | None) -> onnx.ModelProto:
-    from leti.frontend.graph import load_model
-
-    return load_model(data, max_bytes=max_bytes)
-
-
-def _default_max_layers() -> int:
-    from leti.frontend.graph import DEFAULT_MAX_LAYERS
-
-    return DEFAULT_MAX_LAYERS
-
-
 def load_config(config: dict | None = None) -> dict[str, Any]:
-    """Defaults, overridden by LETI_* environment variables, overridden by `config`."""
+    """Defaults, overridden by LETI_* environment variables, overridden by `config`.
+
+    A LETI_* variable set to an unusable value raises `ConfigError` here, at start-up, rather
+    than on a request: $LETI_MAX_GRAPH_MB, which only the front end uses, is checked too."""
+    settings.max_graph_bytes()
     cfg: dict[str, Any] = {
-        "MODELS_DIR": os.environ.get("LETI_MODELS_DIR") or None,
-        "MAX_UPLOAD_MB": _env_int("LETI_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB),
-        "MAX_LAYERS": _env_int("LETI_MAX_LAYERS", _default_max_layers()),
-        "MAX_BATCH": _env_int("LETI_MAX_BATCH", DEFAULT_MAX_BATCH),
-        # Seams for tests: how an estimator is loaded, what `available()` says, how bytes
-        # become a ModelProto. Defaults are the real leti.estimator / leti.graph.
+        "MODELS_DIR": None,  # None: --models-dir's default ($LETI_MODELS_DIR, else models/)
+        "MAX_UPLOAD_MB": settings.max_upload_mb(),
+        "MAX_LAYERS": settings.max_layers(),
+        "MAX_BATCH": settings.max_batch(),
+        # Seams for tests: how an estimator is loaded and what `available()` says. Defaults are
+        # the real leti.predict ones.
         "ESTIMATOR_LOADER": _default_loader,
         "AVAILABLE": _default_available,
-        "LOAD_MODEL": _default_load_model,
     }
     cfg.update(config or {})
     return cfg
@@ -146,11 +120,11 @@ class ServiceState:
         self.cfg = cfg
         self.models_dir = resolve_models_dir(cfg["MODELS_DIR"])
         self.max_bytes = int(cfg["MAX_UPLOAD_MB"] * 1024 * 1024)
-        self.max_layers: int | None = cfg["MAX_LAYERS"]  # None: leti.graph's own limit only
+        # Passed to the front end, which enforces it; None: the front end's own default.
+        self.max_layers: int | None = cfg["MAX_LAYERS"]
         self.max_batch = int(cfg["MAX_BATCH"])
         self._loader: Callable[..., Any] = cfg["ESTIMATOR_LOADER"]
         self._available: Callable[[Any], list[dict]] = cfg["AVAILABLE"]
-        self._load_model: Callable[[bytes, int | None], onnx.ModelProto] = cfg["LOAD_MODEL"]
         self._estimators: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
         self.metrics = Metrics()
@@ -194,32 +168,14 @@ class ServiceState:
     def available(self) -> list[dict]:
         return list(self._available(self.models_dir))
 
-    # graphs -----------------------------------------------------------------------------------
-    def parse_graph(self, data: bytes) -> onnx.ModelProto:
-        """Bytes -> ModelProto (never loads external data), then the layer-count guard."""
-        if not data:
-            raise GraphError("empty body: expected ONNX model bytes")
-        model = self._load_model(data, self.max_bytes)
-        if self.max_layers is not None:
-            n = _count_nodes(model.graph)
-            if n > self.max_layers:
-                raise TooManyLayersError(
-                    f"graph has {n} nodes; this server accepts at most {self.max_layers} "
-                    "(LETI_MAX_LAYERS)"
-                )
-        return model
 
-
-def _count_nodes(graph: onnx.GraphProto, depth: int = 0) -> int:
-    n = len(graph.node)
-    if depth < 8:  # subgraphs (If/Loop/Scan bodies) count too
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    n += _count_nodes(attr.g, depth + 1)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    n += sum(_count_nodes(sg, depth + 1) for sg in attr.graphs)
-    return n
+def _graph_body(data: bytes) -> bytes:
+    """The ONNX bytes of a request (already capped at the upload limit), handed to the estimator
+    as they are: the front end parses them once, never loading external data, and enforces the
+    layer limit (`max_layers`)."""
+    if not data:
+        raise GraphError("empty body: expected ONNX model bytes")
+    return data
 
 
 def state() -> ServiceState:
@@ -252,22 +208,21 @@ bp = Blueprint("leti", __name__)
 @bp.post("/predict")
 def predict() -> Response:
     st = state()
-    mt = _require_type((*RAW_TYPES, MULTIPART))
+    mt = require_type((*RAW_TYPES, MULTIPART))
     if mt == MULTIPART:
         upload = request.files.get("model")
         if upload is None:
             raise ServiceError(
                 400, "missing_parameter", "multipart body needs a file field 'model'", param="model"
             )
-        data = _read_capped(upload.stream, st.max_bytes)
+        data = read_capped(upload.stream, st.max_bytes)
     else:
-        data = _read_capped(request.stream, st.max_bytes)
-    layers = _parse_bool(_param("layers"), "layers", True)
-    input_shape = _parse_input_shape(_param("input_shape"))
-    est = st.estimator(_param("soc"), _param("runtime"))
+        data = read_capped(request.stream, st.max_bytes)
+    layers = parse_bool(param("layers"), "layers", True)
+    input_shape = parse_input_shape(param("input_shape"))
+    est = st.estimator(param("soc"), param("runtime"))
     try:
-        model = st.parse_graph(data)
-        pred = est.predict(model, input_shape)
+        pred = est.predict(_graph_body(data), input_shape, max_layers=st.max_layers)
     except LetiError as exc:
         st.metrics.count_graphs(exc.kind)
         raise
@@ -278,35 +233,36 @@ def predict() -> Response:
 @bp.post("/predict/batch")
 def predict_batch() -> Response:
     st = state()
-    items, body = _batch_inputs(st)
+    items, body = batch_inputs(st)
     if not items:
         raise ServiceError(400, "empty_batch", "the batch holds no graphs")
-    layers = _parse_bool(_param("layers", body), "layers", True)
-    input_shape = _parse_input_shape(_param("input_shape", body))
-    est = st.estimator(_param("soc", body), _param("runtime", body))
+    layers = parse_bool(param("layers", body), "layers", True)
+    input_shape = parse_input_shape(param("input_shape", body))
+    est = st.estimator(param("soc", body), param("runtime", body))
 
     slots: list[Any] = []
-    todo: list[tuple[int, onnx.ModelProto]] = []
+    todo: list[tuple[int, bytes]] = []
     for i, item in enumerate(items):
         if isinstance(item, LetiError):
             slots.append(item)
             continue
         try:
             slots.append(None)
-            todo.append((i, st.parse_graph(item)))
+            todo.append((i, _graph_body(item)))
         except LetiError as exc:
             slots[i] = exc
     if todo:
         models = [m for _, m in todo]
+        limit = st.max_layers
         try:
-            results = list(est.predict_many(models, input_shape))
+            results = list(est.predict_many(models, input_shape, max_layers=limit))
             if len(results) != len(models):
                 raise RuntimeError(f"predict_many returned {len(results)} for {len(models)}")
         except Exception:
             # Something unexpected in the batch path: isolate it graph by graph so that one
             # bad graph cannot fail the others.
             log.exception("predict_many failed; retrying graph by graph")
-            results = [_predict_one(est, m, input_shape) for m in models]
+            results = [_predict_one(est, m, input_shape, limit) for m in models]
         for (i, _), res in zip(todo, results, strict=True):
             slots[i] = res
 
@@ -324,9 +280,9 @@ def predict_batch() -> Response:
     return jsonify({"soc": est.soc, "runtime": est.runtime, "results": out})
 
 
-def _predict_one(est: Any, model: onnx.ModelProto, input_shape: dict | None) -> Any:
+def _predict_one(est: Any, model: bytes, input_shape: dict | None, max_layers: int | None) -> Any:
     try:
-        return est.predict(model, input_shape)
+        return est.predict(model, input_shape, max_layers=max_layers)
     except LetiError as exc:
         return exc
     except Exception as exc:
@@ -477,7 +433,7 @@ _MULTIPART_SLACK = 1 << 20
 def create_app(config: dict | None = None) -> Flask:
     """Build the app. `config` keys: MODELS_DIR, MAX_UPLOAD_MB, MAX_LAYERS, MAX_BATCH (else from
     LETI_MODELS_DIR, LETI_MAX_UPLOAD_MB (64), LETI_MAX_LAYERS, LETI_MAX_BATCH (256)), plus any
-    Flask setting, and test seams ESTIMATOR_LOADER / AVAILABLE / LOAD_MODEL."""
+    Flask setting, and test seams ESTIMATOR_LOADER / AVAILABLE."""
     cfg = load_config(config)
     app = Flask("leti")
     st = ServiceState(cfg)

@@ -26,7 +26,7 @@ JSON_TYPE = "application/json"
 
 
 class _Limits(Protocol):
-    """What batch decoding needs from the app state (a `leti.service.ServiceState`)."""
+    """What batch decoding needs from the app state (a `leti.service.app.ServiceState`)."""
 
     max_bytes: int
     max_batch: int
@@ -36,7 +36,7 @@ def _mimetype() -> str:
     return (request.mimetype or "").lower()
 
 
-def _param(name: str, body: dict | None = None) -> Any:
+def param(name: str, body: dict | None = None) -> Any:
     """A parameter from the JSON body, the multipart form, or the query string, in that order."""
     if body is not None and body.get(name) is not None:
         return body[name]
@@ -45,7 +45,7 @@ def _param(name: str, body: dict | None = None) -> Any:
     return request.args.get(name)
 
 
-def _read_capped(stream: IO[bytes], limit: int) -> bytes:
+def read_capped(stream: IO[bytes], limit: int) -> bytes:
     """Read a body or an uploaded file, refusing (413) the moment it passes `limit` bytes.
 
     Content-Length is checked before any read; this guards bodies without one (chunked)."""
@@ -63,7 +63,7 @@ def _read_capped(stream: IO[bytes], limit: int) -> bytes:
             )
 
 
-def _parse_bool(value: Any, name: str, default: bool) -> bool:
+def parse_bool(value: Any, name: str, default: bool) -> bool:
     if value is None or value == "":
         return default
     if isinstance(value, bool):
@@ -76,7 +76,7 @@ def _parse_bool(value: Any, name: str, default: bool) -> bool:
     raise ServiceError(400, "invalid_parameter", f"'{name}' must be true or false, got {value!r}")
 
 
-def _parse_input_shape(value: Any) -> dict[str, list[int]] | None:
+def parse_input_shape(value: Any) -> dict[str, list[int]] | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -111,7 +111,7 @@ def _parse_input_shape(value: Any) -> dict[str, list[int]] | None:
     return shapes
 
 
-def _require_type(allowed: Iterable[str]) -> str:
+def require_type(allowed: Iterable[str]) -> str:
     mt = _mimetype()
     allowed = tuple(allowed)
     if mt not in allowed:
@@ -124,16 +124,16 @@ def _require_type(allowed: Iterable[str]) -> str:
     return mt
 
 
-def _batch_inputs(st: _Limits) -> tuple[list[bytes | LetiError], dict | None]:
+def batch_inputs(st: _Limits) -> tuple[list[bytes | LetiError], dict | None]:
     """The graphs of a batch request, in order; a slot that cannot even be decoded holds its
     error instead of bytes."""
-    mt = _require_type((MULTIPART, JSON_TYPE))
+    mt = require_type((MULTIPART, JSON_TYPE))
     if mt == MULTIPART:
         files = request.files.getlist("model")
         if len(files) > st.max_batch:
             raise _batch_too_large(len(files), st.max_batch)
-        return [_read_capped(f.stream, st.max_bytes) for f in files], None
-    raw = _read_capped(request.stream, st.max_bytes)
+        return [read_capped(f.stream, st.max_bytes) for f in files], None
+    raw = read_capped(request.stream, st.max_bytes)
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError

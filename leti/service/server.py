@@ -3,12 +3,12 @@
 waitress is pure Python, runs on Linux, macOS and Windows, is multi-threaded and needs no C build.
 One process means the models are loaded once and shared by all worker threads (estimators are
 immutable; the cache that holds them is locked). Run it as `leti serve` or
-`python -m leti.server --port 8000`.
+`python -m leti.service.server --port 8000` (the same command: flags and printing live in
+`leti.cli`).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import logging
 import os
@@ -63,24 +63,14 @@ def build_server(
     return server, app
 
 
-def serve(
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    threads: int = 8,
-    models_dir: str | None = None,
-    preload: list[str] | None = None,
-) -> None:
-    """Serve until interrupted."""
-    server, app = build_server(host, port, threads, models_dir, preload)
-    st = app.extensions["leti"]
+def server_url(server, host: str) -> str:
+    """`http://host:port` of a server from `build_server`: the real port, even with `port=0`."""
     url_host = f"[{host}]" if ":" in host else host
-    # One line the tests (and people) can read the actual port from, even with --port 0.
-    print(
-        f"leti: serving on http://{url_host}:{server.effective_port} "
-        f"({threads} threads, models from {st.models_dir})",
-        file=sys.stderr,
-        flush=True,
-    )
+    return f"http://{url_host}:{server.effective_port}"
+
+
+def run_server(server) -> None:
+    """Run a server from `build_server` until interrupted (Ctrl-C or SIGTERM), then close it."""
     if threading.current_thread() is threading.main_thread():
         # `docker stop` sends SIGTERM, and as PID 1 Python would otherwise ignore it.
         signal.signal(signal.SIGTERM, _exit_on_signal)
@@ -92,61 +82,30 @@ def serve(
         server.close()
 
 
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int = 8,
+    models_dir: str | None = None,
+    preload: list[str] | None = None,
+) -> None:
+    """Serve until interrupted (the library form of `leti serve`; it logs, never prints)."""
+    server, app = build_server(host, port, threads, models_dir, preload)
+    log.info(
+        "serving on %s (%d threads, models from %s)",
+        server_url(server, host),
+        threads,
+        app.extensions["leti"].models_dir,
+    )
+    run_server(server)
+
+
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument(
-        "--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)"
-    )
-    parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
-    parser.add_argument(
-        "--models-dir",
-        default=None,
-        help="trained models (default $LETI_MODELS_DIR, else the bundled models/)",
-    )
-    parser.add_argument(
-        "--preload",
-        action="append",
-        default=None,
-        metavar="SOC[:RUNTIME]",
-        help="load this estimator at start-up instead of on first request (repeatable)",
-    )
-    return parser
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    if args.threads < 1:
-        print("leti serve: --threads must be at least 1", file=sys.stderr)
-        return 2
-    if not 0 <= args.port <= 65535:
-        print("leti serve: --port must be 0-65535", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for name in ("leti", "waitress"):  # INFO even when the CLI configured WARNING
-        logging.getLogger(name).setLevel(logging.INFO)
-    from leti.core.errors import LetiError
-
-    try:
-        serve(args.host, args.port, args.threads, args.models_dir, args.preload)
-    except LetiError as exc:  # e.g. --preload of an unknown SoC
-        print(f"leti serve: {exc.message}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # e.g. LETI_MAX_UPLOAD_MB=abc
-        print(f"leti serve: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. port in use
-        print(f"leti serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 class BackgroundServer:
-    """`python -m leti.server` in a subprocess on loopback, for tests and benchmarks.
+    """`python -m leti.service.server` in a subprocess on loopback, for tests and benchmarks.
 
         with BackgroundServer(env={"LETI_MAX_UPLOAD_MB": "1"}) as srv:
             requests.get(srv.url + "/healthz")
@@ -235,9 +194,11 @@ class BackgroundServer:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="leti serve", description="Run the leti HTTP service.")
-    add_serve_arguments(parser)
-    return run_serve(parser.parse_args(argv))
+    """`python -m leti.service.server [flags]`: `leti serve [flags]`, whose flags and messages
+    live in the CLI (imported here, in the entry point only)."""
+    from leti.cli import serve_main
+
+    return serve_main(argv)
 
 
 if __name__ == "__main__":
