@@ -34,21 +34,21 @@ from leti.core.errors import (
 )
 from leti.core.records import Graph, Layer, Shape
 from leti.frontend.shapes import (
-    _BROADCAST,
-    _CONV_OPS,
-    _GLOBAL_POOLS,
-    _POOL_OPS,
-    _REDUCE_OPS,
-    _SAME_AS_INPUT,
-    _check_text,
-    _Consts,
-    _conv_geometry,
-    _fill_unknown,
-    _Node,
-    _numel,
-    _valid,
+    BROADCAST_OPS,
+    CONV_OPS,
+    GLOBAL_POOL_OPS,
+    POOL_OPS,
+    REDUCE_OPS,
+    SAME_SHAPE_OPS,
+    Consts,
+    Node,
+    check_text,
+    conv_geometry,
+    fill_unknown_shapes,
+    numel,
+    valid_shape,
 )
-from leti.frontend.weights import _strip_constant_nodes, _strip_initializers_into
+from leti.frontend.weights import strip_constant_nodes, strip_initializers_into
 from leti.frontend.weights import strip_weights as strip_weights  # re-exported: the public API
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -64,7 +64,7 @@ _NONDETERMINISTIC = frozenset(
 )
 
 _SPATIAL_KEYS = frozenset({"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"})
-_ELEMENTWISE = (_SAME_AS_INPUT | _BROADCAST | {"Resize", "Upsample"}) - {
+_ELEMENTWISE = (SAME_SHAPE_OPS | BROADCAST_OPS | {"Resize", "Upsample"}) - {
     "Identity", "Cast", "CastLike", "Dropout", "BatchNormalization", "InstanceNormalization",
     "LayerNormalization", "GroupNormalization", "LRN",
 }  # fmt: skip
@@ -273,8 +273,8 @@ def _inference_model(
     g = lite.graph
     g.name = src.name
     g.node.extend(src.node)
-    _strip_constant_nodes(g.node)
-    _strip_initializers_into(src, g)
+    strip_constant_nodes(g.node)
+    strip_initializers_into(src, g)
     g.input.extend(src.input)
     for new in g.input:
         dims = concrete.get(new.name)
@@ -403,7 +403,7 @@ def _constant_node_tensor(node: onnx.NodeProto) -> tuple[Shape | None, TensorPro
 # ---------------------------------------------------------------------------- order
 
 
-def _topological(nodes: Sequence[_Node], available: set[str]) -> list[int]:
+def _topological(nodes: Sequence[Node], available: set[str]) -> list[int]:
     """Node indices in a valid order: the file's own order when it already is one (the norm)."""
     seen = set(available)
     in_order = True
@@ -481,42 +481,42 @@ def _flops(
         if y is None:
             return 0
         if w is not None and len(w) > 2:
-            return 2 * _numel(y) * _numel(w[1:])
+            return 2 * numel(y) * numel(w[1:])
         if x is not None and len(x) > 1 and kernel:
-            return 2 * _numel(y) * (x[1] // max(group, 1)) * _numel(kernel)
+            return 2 * numel(y) * (x[1] // max(group, 1)) * numel(kernel)
         return 0
     if op == "ConvTranspose":
         if x is None or w is None or len(w) < 3:
             return 0
-        return 2 * _numel(x) * _numel(w[1:])
-    if op in _POOL_OPS:
-        return _numel(y) * _numel(kernel) if y is not None else 0
-    if op in _GLOBAL_POOLS or op in _REDUCE_OPS:
-        return _numel(x) if x is not None else 0
+        return 2 * numel(x) * numel(w[1:])
+    if op in POOL_OPS:
+        return numel(y) * numel(kernel) if y is not None else 0
+    if op in GLOBAL_POOL_OPS or op in REDUCE_OPS:
+        return numel(x) if x is not None else 0
     if op == "Gemm":
         if x is None or y is None or len(x) != 2:
             return 0
         k = x[0] if attrs.get("transA", 0) else x[1]
-        return 2 * _numel(y) * k
+        return 2 * numel(y) * k
     if op == "MatMul":
         if x is None or y is None or not x:
             return 0
-        return 2 * _numel(y) * x[-1]
+        return 2 * numel(y) * x[-1]
     if y is None:
         return 0
     if op in _NORMS:
-        return 2 * _numel(y)
+        return 2 * numel(y)
     if op == "LRN":
-        return _numel(y) * int(attrs.get("size", 1))
+        return numel(y) * int(attrs.get("size", 1))
     if op in ("Sum", "Max", "Min", "Mean") and len(ins) > 2:
-        return _numel(y) * (len(ins) - 1)
+        return numel(y) * (len(ins) - 1)
     if op in _ELEMENTWISE:
-        return _numel(y)
+        return numel(y)
     return 0
 
 
 def _layer(
-    node: _Node,
+    node: Node,
     name: str,
     attrs: dict[str, Any],
     ins: tuple[Shape | None, ...],
@@ -530,15 +530,15 @@ def _layer(
     dilations: tuple[int, ...] = ()
     group = 1
     x = ins[0] if ins else None
-    if op in _CONV_OPS or op in _POOL_OPS:
-        w = ins[1] if op in _CONV_OPS and len(ins) > 1 else None
-        geometry = _conv_geometry(op, attrs, x, w)
+    if op in CONV_OPS or op in POOL_OPS:
+        w = ins[1] if op in CONV_OPS and len(ins) > 1 else None
+        geometry = conv_geometry(op, attrs, x, w)
         if geometry is not None:
             kernel, strides, pads, dilations = _as_2d(geometry)
-        if op in _CONV_OPS:
+        if op in CONV_OPS:
             group = int(attrs.get("group", 1))
         attrs = {k: v for k, v in attrs.items() if k not in _SPATIAL_KEYS}
-    elif op in _GLOBAL_POOLS and x is not None and len(x) > 2:
+    elif op in GLOBAL_POOL_OPS and x is not None and len(x) > 2:
         r = len(x) - 2
         kernel, strides, pads, dilations = _as_2d((x[2:], (1,) * r, (0,) * (2 * r), (1,) * r))
     params = 0
@@ -547,10 +547,10 @@ def _layer(
         if s is None:
             continue
         if i in consts:
-            params += _numel(s)
+            params += numel(s)
         else:
-            moved += _numel(s)
-    moved += sum(_numel(s) for s in outs if s is not None)
+            moved += numel(s)
+    moved += sum(numel(s) for s in outs if s is not None)
     return Layer(
         name=name,
         op_type=op,
@@ -618,12 +618,12 @@ def _parse(
 
     init_names = {t.name for t in g.initializer}
     init_names.update(s.values.name for s in g.sparse_initializer)
-    _check_text(init_names, "initializer")
-    _check_text((vi.name for vi in g.input), "graph input")
-    _check_text((vi.name for vi in g.output), "graph output")
+    check_text(init_names, "initializer")
+    check_text((vi.name for vi in g.input), "graph input")
+    check_text((vi.name for vi in g.output), "graph output")
     real_inputs = [vi for vi in g.input if vi.name not in init_names]
     concrete, changed = _resolve_inputs(real_inputs, input_shapes)
-    nodes = [_Node(n) for n in g.node]
+    nodes = [Node(n) for n in g.node]
     order = _topological(nodes, init_names | {vi.name for vi in g.input})
 
     inferred = _onnx_shapes(_inference_model(model, concrete, keep_value_info=not changed))
@@ -634,15 +634,15 @@ def _parse(
         shapes.update(_value_info_shapes(g))  # the model's own annotations are still valid
     shapes.update(concrete)
 
-    consts = _Consts()
+    consts = Consts()
     const_names = set(init_names)
     for t in g.initializer:
-        dims = _valid(tuple(t.dims))
+        dims = valid_shape(tuple(t.dims))
         if dims is not None:
             shapes[t.name] = dims
         consts.tensors[t.name] = t
     for sp in g.sparse_initializer:
-        dims = _valid(tuple(sp.dims))
+        dims = valid_shape(tuple(sp.dims))
         if dims is not None:
             shapes[sp.values.name] = dims
 
@@ -654,7 +654,7 @@ def _parse(
         _track_constants(node, attrs, shapes, consts, const_names)
         ins = tuple(shapes.get(i) if i else None for i in node.inputs)
         if any(o and o not in shapes for o in node.outputs):
-            _fill_unknown(node, attrs, ins, consts, shapes)
+            fill_unknown_shapes(node, attrs, ins, consts, shapes)
         outs = tuple(shapes.get(o) if o else None for o in node.outputs)
 
         layer_name = node.name or f"{node.op}_{idx}"
@@ -676,10 +676,10 @@ def _parse(
 
 
 def _track_constants(
-    node: _Node,
+    node: Node,
     attrs: Mapping[str, Any],
     shapes: dict[str, Shape],
-    consts: _Consts,
+    consts: Consts,
     const_names: set[str],
 ) -> None:
     """Constant outputs, and outputs computed only from constants, count as weights.
@@ -692,7 +692,7 @@ def _track_constants(
             return
         out = node.outputs[0]
         shape, tensor = _constant_node_tensor(node.proto)
-        shape = _valid(shape)
+        shape = valid_shape(shape)
         if shape is not None:
             shapes[out] = shape
         if tensor is not None:

@@ -1,8 +1,8 @@
 """Built-in shape propagation: per-op rules for outputs ONNX's own inference left unknown.
 
 `leti.frontend.graph` runs ONNX's (C++) shape inference first; these rules fill in what it could not
-(old opsets, odd exporters). They read a node through `_Node` and small constant inputs
-(Reshape targets, axes, pads, Resize scales) through `_Consts`, and a rule fed nonsense yields
+(old opsets, odd exporters). They read a node through `Node` and small constant inputs
+(Reshape targets, axes, pads, Resize scales) through `Consts`, and a rule fed nonsense yields
 None rather than raising. Nothing here imports `leti.frontend.graph`: the dependency runs one way.
 """
 
@@ -19,10 +19,10 @@ from onnx import TensorProto
 from leti.core.errors import GraphError
 from leti.core.records import Shape
 
-_CONV_OPS = frozenset({"Conv", "ConvTranspose"})
-_POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool"})
-_GLOBAL_POOLS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
-_SAME_AS_INPUT = frozenset(
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool"})
+GLOBAL_POOL_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+SAME_SHAPE_OPS = frozenset(
     {
         "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu",
         "Selu", "Celu", "Softplus", "Softsign", "Mish", "Gelu", "Erf", "Exp", "Log", "Sqrt",
@@ -33,14 +33,14 @@ _SAME_AS_INPUT = frozenset(
         "MeanVarianceNormalization", "LpNormalization", "CumSum",
     }
 )  # fmt: skip
-_BROADCAST = frozenset(
+BROADCAST_OPS = frozenset(
     {
         "Add", "Sub", "Mul", "Div", "Pow", "Sum", "Max", "Min", "Mean", "PRelu", "Where",
         "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor",
         "Mod", "BitShift",
     }
 )  # fmt: skip
-_REDUCE_OPS = frozenset(
+REDUCE_OPS = frozenset(
     {
         "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
         "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare",
@@ -48,7 +48,7 @@ _REDUCE_OPS = frozenset(
 )  # fmt: skip
 
 
-def _numel(dims: Iterable[int]) -> int:
+def numel(dims: Iterable[int]) -> int:
     n = 1
     for d in dims:
         n *= d
@@ -60,7 +60,7 @@ def _numel(dims: Iterable[int]) -> int:
 
 def _tensor_values(t: TensorProto, limit: int = 1024) -> tuple[float | int, ...] | None:
     """Values of a small int/float tensor (shape targets, axes, scales), else None."""
-    n = _numel(t.dims)
+    n = numel(t.dims)
     if n > limit or t.data_location == TensorProto.EXTERNAL:
         return None
     dt = t.data_type
@@ -86,7 +86,7 @@ def _tensor_values(t: TensorProto, limit: int = 1024) -> tuple[float | int, ...]
     return tuple(field) if len(field) == n else None
 
 
-class _Consts:
+class Consts:
     """Look-up of small constant values by tensor name, decoded lazily and only when asked."""
 
     def __init__(self) -> None:
@@ -111,7 +111,7 @@ class _Consts:
         return None if t is None else _tensor_values(t)
 
 
-class _Node:
+class Node:
     """A NodeProto's fields read once: protobuf accessors build new objects on every access."""
 
     __slots__ = ("op", "name", "inputs", "outputs", "proto")
@@ -122,10 +122,10 @@ class _Node:
         self.name: str = proto.name
         self.inputs: tuple[str, ...] = tuple(proto.input)
         self.outputs: tuple[str, ...] = tuple(proto.output)
-        _check_text((self.op, self.name, *self.inputs, *self.outputs), "node")
+        check_text((self.op, self.name, *self.inputs, *self.outputs), "node")
 
 
-def _check_text(names: Iterable[Any], where: str) -> None:
+def check_text(names: Iterable[Any], where: str) -> None:
     """protobuf hands back invalid UTF-8 as bytes; a name must be text to be looked up."""
     for n in names:
         if type(n) is not str:
@@ -135,12 +135,12 @@ def _check_text(names: Iterable[Any], where: str) -> None:
 # ---------------------------------------------------------------------------- geometry
 
 
-def _conv_geometry(
+def conv_geometry(
     op: str, attrs: Mapping[str, Any], x: Shape | None, w: Shape | None
 ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None:
     """(kernel, strides, pads, dilations) in ONNX rank, with `auto_pad` turned into pads."""
     kernel = tuple(attrs.get("kernel_shape", ()))
-    if not kernel and op in _CONV_OPS and w is not None and len(w) > 2:
+    if not kernel and op in CONV_OPS and w is not None and len(w) > 2:
         kernel = tuple(w[2:])
     if not kernel:
         return None
@@ -186,7 +186,7 @@ def _spatial_out(
         if op == "ConvTranspose":
             out_pad = tuple(attrs.get("output_padding", ())) or (0,) * r
             out.append(strides[i] * (x[2 + i] - 1) + out_pad[i] + extent - pads[i] - pads[r + i])
-        elif op in _POOL_OPS and attrs.get("ceil_mode", 0):
+        elif op in POOL_OPS and attrs.get("ceil_mode", 0):
             o = -(-(padded - extent) // strides[i]) + 1
             if (o - 1) * strides[i] >= x[2 + i] + pads[i]:
                 o -= 1  # the last window must start inside the input or left padding
@@ -216,7 +216,7 @@ def _broadcast(shapes: Sequence[Shape | None]) -> Shape | None:
     return tuple(out)
 
 
-def _axes(node: _Node, attrs: Mapping[str, Any], consts: _Consts, index: int) -> Any:
+def _axes(node: Node, attrs: Mapping[str, Any], consts: Consts, index: int) -> Any:
     """Axes from the attribute (old opsets) or the constant input (new ones)."""
     if "axes" in attrs:
         return tuple(attrs["axes"])
@@ -226,31 +226,31 @@ def _axes(node: _Node, attrs: Mapping[str, Any], consts: _Consts, index: int) ->
 
 
 def _infer_node(
-    node: _Node,
+    node: Node,
     attrs: Mapping[str, Any],
     ins: Sequence[Shape | None],
-    consts: _Consts,
+    consts: Consts,
 ) -> list[Shape | None] | None:
     """Built-in shape rules for the common ops, for when ONNX inference left outputs unknown."""
     op = node.op
     x = ins[0] if ins else None
-    if op in _SAME_AS_INPUT:
+    if op in SAME_SHAPE_OPS:
         if op == "Dropout":
             return [x, x]  # output and mask
         return [x]  # extra outputs (BN running stats, LN mean) differ: leave them unknown
-    if op in _BROADCAST:
+    if op in BROADCAST_OPS:
         return [_broadcast(ins)]
     if op == "ConstantOfShape" and node.inputs:
         return [consts.ints(node.inputs[0])]
     if x is None:
         return None
     rank = len(x)
-    if op in _CONV_OPS or op in _POOL_OPS:
-        w = ins[1] if op in _CONV_OPS and len(ins) > 1 else None
-        geometry = _conv_geometry(op, attrs, x, w)
+    if op in CONV_OPS or op in POOL_OPS:
+        w = ins[1] if op in CONV_OPS and len(ins) > 1 else None
+        geometry = conv_geometry(op, attrs, x, w)
         if geometry is None or rank != len(geometry[0]) + 2:
             return None
-        if op in _CONV_OPS:
+        if op in CONV_OPS:
             if w is None:
                 return None
             spatial = attrs.get("output_shape") if op == "ConvTranspose" else None
@@ -260,9 +260,9 @@ def _infer_node(
         spatial = list(spatial) if spatial else _spatial_out(op, attrs, x, geometry)
         out = (x[0], c, *spatial)
         return [out] * len(node.outputs)  # MaxPool's Indices match its output
-    if op in _GLOBAL_POOLS:
+    if op in GLOBAL_POOL_OPS:
         return [(*x[:2], *([1] * (rank - 2)))]
-    if op in _REDUCE_OPS:
+    if op in REDUCE_OPS:
         axes = _axes(node, attrs, consts, 1)
         if axes is None:
             return None
@@ -282,7 +282,7 @@ def _infer_node(
         return [_matmul_shape(x, ins[1])]
     if op == "Flatten":
         axis = attrs.get("axis", 1) % (rank + 1) if rank else 0
-        return [(_numel(x[:axis]), _numel(x[axis:]))]
+        return [(numel(x[:axis]), numel(x[axis:]))]
     if op == "Reshape":
         target = consts.ints(node.inputs[1]) if len(node.inputs) > 1 else None
         if target is None and "shape" in attrs:  # opset < 5
@@ -352,15 +352,15 @@ def _reshape(x: Shape, target: Sequence[int], allowzero: int) -> Shape | None:
     if out.count(-1) > 1 or any(d < -1 for d in out):
         return None
     if -1 in out:
-        known = _numel(d for d in out if d != -1)
-        if known == 0 or _numel(x) % known:
+        known = numel(d for d in out if d != -1)
+        if known == 0 or numel(x) % known:
             return None
-        out[out.index(-1)] = _numel(x) // known
-    return tuple(out) if _numel(out) == _numel(x) else None
+        out[out.index(-1)] = numel(x) // known
+    return tuple(out) if numel(out) == numel(x) else None
 
 
 def _resize_shape(
-    node: _Node, attrs: Mapping[str, Any], x: Shape, consts: _Consts
+    node: Node, attrs: Mapping[str, Any], x: Shape, consts: Consts
 ) -> list[Shape | None] | None:
     names = list(node.inputs)
     if node.op == "Resize" and len(names) >= 4 and names[3]:
@@ -376,7 +376,7 @@ def _resize_shape(
 
 
 def _slice_shape(
-    node: _Node, attrs: Mapping[str, Any], x: Shape, consts: _Consts
+    node: Node, attrs: Mapping[str, Any], x: Shape, consts: Consts
 ) -> list[Shape | None] | None:
     names = node.inputs
     if "starts" in attrs:  # opset < 10
@@ -400,7 +400,7 @@ def _slice_shape(
 
 
 def _split_shapes(
-    node: _Node, attrs: Mapping[str, Any], x: Shape, consts: _Consts
+    node: Node, attrs: Mapping[str, Any], x: Shape, consts: Consts
 ) -> list[Shape | None] | None:
     axis = attrs.get("axis", 0) % len(x)
     n = len(node.outputs)
@@ -417,18 +417,18 @@ def _split_shapes(
     return [(*x[:axis], p, *x[axis + 1 :]) for p in parts]
 
 
-def _valid(shape: Shape | None) -> Shape | None:
+def valid_shape(shape: Shape | None) -> Shape | None:
     """Drop shapes a broken model (or a rule fed nonsense) could produce: negative dims."""
     if shape is None or any(not isinstance(d, int) or d < 0 for d in shape):
         return None
     return tuple(shape)
 
 
-def _fill_unknown(
-    node: _Node,
+def fill_unknown_shapes(
+    node: Node,
     attrs: Mapping[str, Any],
     ins: tuple[Shape | None, ...],
-    consts: _Consts,
+    consts: Consts,
     shapes: dict[str, Shape],
 ) -> None:
     """Built-in rules for outputs ONNX inference left unknown; nonsense input yields None."""
@@ -437,6 +437,6 @@ def _fill_unknown(
     except (ArithmeticError, ValueError, IndexError, TypeError, KeyError, StopIteration):
         return
     for o, s in zip(node.outputs, guessed or (), strict=False):
-        s = _valid(s)
+        s = valid_shape(s)
         if o and s is not None and o not in shapes:
             shapes[o] = s

@@ -13,7 +13,7 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from leti.frontend.shapes import _numel
+from leti.frontend.shapes import numel
 
 # Small tensors keep their values when weights are stripped: shape inference needs Reshape
 # targets, axes, pads, Resize scales and the like, and they reveal nothing about the weights.
@@ -27,7 +27,7 @@ def _keeps_values(t: TensorProto) -> bool:
     """Whether a stripped copy keeps this tensor's values (small shape-like constants only)."""
     if t.data_location == TensorProto.EXTERNAL:
         return False
-    n = _numel(t.dims)
+    n = numel(t.dims)
     if len(t.raw_data) > 8 * max(n, 1):  # dims that lie about the payload
         return False
     if t.data_type in _INT_TYPES:
@@ -49,7 +49,7 @@ def _strip_tensor_into(src: TensorProto, dst: TensorProto) -> None:
     dst.dims.extend(src.dims)
 
 
-def _strip_initializers_into(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
+def strip_initializers_into(src: onnx.GraphProto, dst: onnx.GraphProto) -> None:
     """Stripped copies of all initializers; a sparse one becomes a dense stub of its shape."""
     for t in src.initializer:
         _strip_tensor_into(t, dst.initializer.add())
@@ -60,7 +60,7 @@ def _strip_initializers_into(src: onnx.GraphProto, dst: onnx.GraphProto) -> None
         stub.dims.extend(sp.dims)
 
 
-def _strip_constant_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
+def strip_constant_nodes(nodes: Iterable[onnx.NodeProto]) -> None:
     """Drop the payload of big `Constant` tensors (some exporters store weights that way)."""
     for node in nodes:
         if node.op_type != "Constant":
@@ -103,6 +103,6 @@ def strip_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     _copy_fields(model, out, skip=frozenset({"graph"}))
     if model.HasField("graph"):
         _copy_fields(model.graph, out.graph, skip=frozenset({"initializer", "sparse_initializer"}))
-        _strip_initializers_into(model.graph, out.graph)
-        _strip_constant_nodes(out.graph.node)
+        strip_initializers_into(model.graph, out.graph)
+        strip_constant_nodes(out.graph.node)
     return out

@@ -2,8 +2,8 @@
 
 It maps each source's quirks (microseconds, per-op feature dicts, phone columns) onto the schema
 of `leti.measurements.schema`, so a new source is one importer. Rows go through the same
-validation as `leti measure`'s. Every file is written atomically, and re-importing replaces the folder's files
-with byte-identical ones when the source has not changed.
+validation as `leti measure`'s. Every file is written atomically, and re-importing replaces the
+folder's files with byte-identical ones when the source has not changed.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from leti.measurements.schema import (
     KERNELS_FILE,
     MANIFEST_FILE,
     SCHEMA_VERSION,
-    _csv_bytes,
-    _leti_version,
-    _positive_latency,
-    _Reject,
-    _validate_e2e,
-    _validate_kernels,
+    RowRejected,
+    csv_bytes,
+    leti_version,
     parse_fused,
+    partition_e2e_rows,
+    partition_kernel_rows,
+    positive_latency,
 )
 
 SOURCE_NAME = "mobile-ml-benchmark"
@@ -141,13 +141,13 @@ class ImportReport:
 def _feature_dict(text: str) -> dict[str, Any]:
     """Parse the feature column with `ast.literal_eval`: data is never executed."""
     if len(text) > _MAX_FEATURE_CHARS:
-        raise _Reject("unparseable_feature", f"{len(text)} characters")
+        raise RowRejected("unparseable_feature", f"{len(text)} characters")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise _Reject("unparseable_feature", repr(text[:60])) from None
+        raise RowRejected("unparseable_feature", repr(text[:60])) from None
     if not isinstance(value, dict):
-        raise _Reject("unparseable_feature", f"not a dict: {text[:60]!r}")
+        raise RowRejected("unparseable_feature", f"not a dict: {text[:60]!r}")
     return value
 
 
@@ -172,13 +172,13 @@ def _as_int(value: Any) -> int | None:
 def _need(feat: dict[str, Any], key: str) -> int:
     value = _as_int(feat.get(key))
     if value is None:
-        raise _Reject("bad_feature", f"{key}={feat.get(key)!r}")
+        raise RowRejected("bad_feature", f"{key}={feat.get(key)!r}")
     return value
 
 
 def _opt(feat: dict[str, Any], key: str) -> int | None:
     if key in feat and feat[key] not in ("-", "", None) and _as_int(feat[key]) is None:
-        raise _Reject("bad_feature", f"{key}={feat[key]!r}")
+        raise RowRejected("bad_feature", f"{key}={feat[key]!r}")
     return _as_int(feat.get(key))
 
 
@@ -362,20 +362,20 @@ def _import_kernels(
         op, model = rec["operation"].strip(), rec["model"].strip()
         try:
             if op not in kinds:
-                raise _Reject("unknown_op", repr(op[:60]))
-            geometry: dict[str, Any] | _Reject = to_row(op, _feature_dict(rec["feature"]))
-        except _Reject as bad:
+                raise RowRejected("unknown_op", repr(op[:60]))
+            geometry: dict[str, Any] | RowRejected = to_row(op, _feature_dict(rec["feature"]))
+        except RowRejected as bad:
             geometry = bad
         for phone, col, target in columns:
             cell = rec[col]
             gpu_kernel = rec.get(col.replace("|float", "|kernel"), "").strip()
             try:
                 if target is None:
-                    raise _Reject("unknown_phone", f"column {col!r}")
-                latency = _positive_latency(cell)
-                if isinstance(geometry, _Reject):
+                    raise RowRejected("unknown_phone", f"column {col!r}")
+                latency = positive_latency(cell)
+                if isinstance(geometry, RowRejected):
                     raise geometry
-            except _Reject as bad:
+            except RowRejected as bad:
                 tally.add(path.name, bad.reason, f"row {i} ({phone}): {bad.detail}")
                 continue
             rows.append(
@@ -418,11 +418,11 @@ def _import_e2e(
         for phone, col, target in columns:
             try:
                 if target is None:
-                    raise _Reject("unknown_phone", f"column {col!r}")
-                latency = _positive_latency(rec[col])
+                    raise RowRejected("unknown_phone", f"column {col!r}")
+                latency = positive_latency(rec[col])
                 std_text = rec.get(col[: -len("mean")] + "std", "").strip()
                 std = float(std_text) / 1000.0 if _is_float(std_text) else std_text
-            except _Reject as bad:
+            except RowRejected as bad:
                 tally.add(path.name, bad.reason, f"row {i} ({phone}): {bad.detail}")
                 continue
             rows.append(
@@ -511,13 +511,13 @@ def import_mobile_ml_benchmark(
 
     kernels = _finish(
         kernel_rows,
-        _validate_kernels,
+        partition_kernel_rows,
         KERNEL_COLUMNS,
         ["source", "soc", "runtime", "model", "source_row"],
         tally,
     )
     e2e = _finish(
-        e2e_rows, _validate_e2e, E2E_COLUMNS, ["source", "soc", "runtime", "model"], tally
+        e2e_rows, partition_e2e_rows, E2E_COLUMNS, ["source", "soc", "runtime", "model"], tally
     )
 
     for report in files:
@@ -529,7 +529,7 @@ def import_mobile_ml_benchmark(
     for report in sorted(files, key=lambda r: r.name):
         data_hash.update((src / report.name).read_bytes())
 
-    kernels_bytes, e2e_bytes = _csv_bytes(kernels), _csv_bytes(e2e)
+    kernels_bytes, e2e_bytes = csv_bytes(kernels), csv_bytes(e2e)
     by_target: dict[str, dict[str, int]] = {}
     for table, frame in (("kernels", kernels), ("e2e", e2e)):
         for (soc, runtime), n in frame.groupby(["soc", "runtime"]).size().items():
@@ -580,7 +580,7 @@ def import_mobile_ml_benchmark(
         },
         "rows_by_target": report.by_target,
         "rejected": report.rejected,
-        "leti_version": _leti_version(),
+        "leti_version": leti_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     # Manifest last: its output hashes let a reader notice a folder left between two imports.

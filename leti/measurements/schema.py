@@ -1,9 +1,10 @@
 """The measurement schema, its validation, and the readers of the tidy tables.
 
-Training reads only the tidy tables written by the importers (`leti.measurements.importers`) and by
-`leti measure`: `kernels.csv` and `e2e.csv`, never the source files. One row per measured
-kernel and one per end-to-end measurement, latencies in ms, shapes in the same vocabulary as
-`leti.records.Kernel`, so that a measured row and an ONNX-derived kernel describe the same thing.
+Training reads only the tidy tables written by the importers (`leti.measurements.importers`)
+and by `leti measure`: `kernels.csv` and `e2e.csv`, never the source files. One row per
+measured kernel and one per end-to-end measurement, latencies in ms, shapes in the same
+vocabulary as `leti.core.records.Kernel`, so that a measured row and an ONNX-derived kernel
+describe the same thing.
 
 Imported copies live in git-ignored `measurements/<source>/` folders: the data is licensed by
 others and is never committed.
@@ -64,7 +65,7 @@ _E2E_INT = ("flops", "params_bytes")
 # Cells
 
 
-class _Reject(Exception):
+class RowRejected(Exception):
     """A candidate row is unusable; carries the counted reason and a short detail."""
 
     def __init__(self, reason: str, detail: str = ""):
@@ -73,21 +74,21 @@ class _Reject(Exception):
         self.detail = detail
 
 
-def _positive_latency(cell: Any) -> float:
+def positive_latency(cell: Any) -> float:
     """A positive finite latency, or the reason it is not one (empty means not measured)."""
     if cell is None or (isinstance(cell, float) and math.isnan(cell)):
-        raise _Reject("no_measurement", "empty cell")
+        raise RowRejected("no_measurement", "empty cell")
     text = str(cell).strip()
     if not text:
-        raise _Reject("no_measurement", "empty cell")
+        raise RowRejected("no_measurement", "empty cell")
     try:
         value = float(text)
     except ValueError:
-        raise _Reject("non_numeric_latency", repr(text[:40])) from None
+        raise RowRejected("non_numeric_latency", repr(text[:40])) from None
     if not math.isfinite(value):
-        raise _Reject("nan_latency", repr(text[:40]))
+        raise RowRejected("nan_latency", repr(text[:40]))
     if value <= 0:
-        raise _Reject("non_positive_latency", repr(text[:40]))
+        raise RowRejected("non_positive_latency", repr(text[:40]))
     return value
 
 
@@ -145,8 +146,8 @@ def _validate_latency(
         if reasons[i]:
             continue
         try:
-            _positive_latency(cell)
-        except _Reject as bad:
+            positive_latency(cell)
+        except RowRejected as bad:
             reasons[i], detail[i] = bad.reason, f"{column}={bad.detail}"
     return pd.to_numeric(values.where(reasons.eq(""), None), errors="coerce")
 
@@ -169,7 +170,7 @@ def _start_validation(
     return df, reasons, detail, latency
 
 
-def _validate_kernels(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def partition_kernel_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(valid rows in schema order and dtypes, rejected rows with `reason` and `detail`)."""
     df, reasons, detail, latency = _start_validation(df, KERNEL_COLUMNS, _KERNEL_STR, "kernel")
     _reject(~df["kind"].isin(KINDS), "unknown_op", reasons, detail, _show(df, "kind"))
@@ -204,11 +205,12 @@ def validate_kernel_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]
     Shared by the importers and by `leti measure`, so that new measurements meet the same bar
     as imported ones. Raises `MeasurementError` only when columns are missing.
     """
-    ok, rejected = _validate_kernels(df)
+    ok, rejected = partition_kernel_rows(df)
     return ok, dict(Counter(rejected["reason"]))
 
 
-def _validate_e2e(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def partition_e2e_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The end-to-end counterpart of `partition_kernel_rows`."""
     df, reasons, detail, latency = _start_validation(df, E2E_COLUMNS, _E2E_STR, "end-to-end")
     std, junk = _numbers(df["std_ms"])
     bad_std = junk | (std < 0) | (std.notna() & ~std.map(math.isfinite).astype(bool))
@@ -230,7 +232,7 @@ def _validate_e2e(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def validate_e2e_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     """The end-to-end counterpart of `validate_kernel_rows`."""
-    ok, rejected = _validate_e2e(df)
+    ok, rejected = partition_e2e_rows(df)
     return ok, dict(Counter(rejected["reason"]))
 
 
@@ -238,13 +240,15 @@ def validate_e2e_rows(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
 # Files
 
 
-def _csv_bytes(frame: pd.DataFrame) -> bytes:
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """A table as UTF-8 CSV bytes: no index column, `\\n` line ends."""
     buf = io.StringIO()
     frame.to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue().encode("utf-8")
 
 
-def _leti_version() -> str:
+def leti_version() -> str:
+    """The installed leti version, recorded in import manifests."""
     try:
         return version("leti")
     except PackageNotFoundError:  # a source checkout that was never installed
