@@ -1,9 +1,9 @@
 """Check the ONNX front end and TFLite fusion rules against what the delegate really launched.
 
 For each of the mobile-ml-benchmark models, the measured conv-like ops (type, H_in, C_in, C_out,
-kernel, stride) are matched against the kernels `leti.kernels.plan` derives from the model's
-ONNX graph. Matching is by key, not by position (the data's row order is not ONNX node order),
-and accepts the padded input size the data reports for depthwise (and some) convs.
+kernel, stride) are matched against the kernels `leti.frontend.fusion.plan` derives from the
+model's ONNX graph. Matching is by key, not by position (the data's row order is not ONNX node
+order), and accepts the padded input size the data reports for depthwise (and some) convs.
 Writes benchmarks/kernel_matching.md. Needs `leti import mobile-ml-benchmark ...` first.
 
     python benchmarks/kernel_matching.py [--measurements DIR]
@@ -15,10 +15,11 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from leti.core.records import CONV_KINDS
 from leti.measurements import schema as measurements
 from leti.train.fit import load_plan
 
-CONV_LIKE = ("conv", "dwconv", "gconv", "fc")
+CONV_LIKE = (*CONV_KINDS, "fc")
 OUT = Path(__file__).with_name("kernel_matching.md")
 
 

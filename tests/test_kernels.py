@@ -9,7 +9,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from leti.frontend.fusion import plan
+from leti.core.records import CONV_KINDS, KERNEL_KINDS
+from leti.frontend.fusion import plan, rules
 from leti.frontend.graph import parse_graph
 
 SHAPE = [1, 8, 16, 16]
@@ -168,3 +169,19 @@ def test_kernel_matching_on_the_measured_models(shared_dir, tmp_path):
         hit, total = hit + m, total + n
     assert total > 3000
     assert hit / total >= 0.95
+
+
+def test_kernel_kinds_are_one_pinned_vocabulary() -> None:
+    """The pooled model stores a kind as its index in KERNEL_KINDS: the order is persisted."""
+    from leti.measurements import schema
+    from leti.models import regressors
+
+    assert KERNEL_KINDS[:12] == (
+        "conv", "dwconv", "gconv", "fc", "pool_max", "pool_avg", "pool_global", "concat",
+        "add", "mul", "act", "bn",
+    )  # fmt: skip
+    assert len(set(KERNEL_KINDS)) == len(KERNEL_KINDS)
+    assert regressors.KINDS == KERNEL_KINDS and sorted(schema.KINDS) == sorted(KERNEL_KINDS)
+    assert set(CONV_KINDS) <= set(KERNEL_KINDS)
+    for runtime in ("tflite-gpu", "pytorch-vulkan"):  # every kind a rule can name is priced
+        assert set(rules(runtime).kernel.values()) <= set(KERNEL_KINDS), runtime

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from leti.core.errors import MeasurementError
+from leti.core.records import KERNEL_KINDS
 from leti.measurements.importers import import_mobile_ml_benchmark
 from leti.measurements.schema import (
     E2E_COLUMNS,
@@ -456,10 +457,7 @@ def test_real_import_covers_models_socs_runtimes(real: tuple[Path, object]) -> N
     assert tfl.soc.nunique() == 6
     assert k[k.runtime == "pytorch-vulkan"].soc.nunique() == 3
     assert set(k[k.runtime == "pytorch-metal"].soc) == {"apple-a12"}
-    assert set(k.kind) <= {
-        "conv", "dwconv", "gconv", "fc", "pool_max", "pool_avg", "pool_global", "concat",
-        "add", "mul", "act", "bn",
-    }  # fmt: skip
+    assert set(k.kind) <= set(KERNEL_KINDS)
     assert ((k.latency_ms > 0) & (k.latency_ms < 10_000)).all()
     # the only rejections in the published data are phones that did not run some models
     assert set(report.rejected) == {"no_measurement"}

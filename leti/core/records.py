@@ -11,6 +11,15 @@ from typing import Any
 
 Shape = tuple[int, ...]
 
+# The kernel kinds a regressor prices: the one vocabulary of `Kernel.kind`.
+# Order matters: the pooled model encodes a kind as its index here; append, never reorder.
+KERNEL_KINDS: tuple[str, ...] = (
+    "conv", "dwconv", "gconv", "fc", "pool_max", "pool_avg", "pool_global", "concat",
+    "add", "mul", "act", "bn",
+)  # fmt: skip
+# The convolution kinds (plain, depthwise, grouped): a folded op (BatchNorm) joins only these.
+CONV_KINDS: tuple[str, ...] = ("conv", "dwconv", "gconv")
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -60,10 +69,10 @@ class Graph:
 class Kernel:
     """What the runtime launches: one main layer plus the layers folded or linked into it.
 
-    `kind` selects the regressor (conv, dwconv, gconv, fc, pool_max, pool_avg, pool_global,
-    concat, and for runtimes that measure them add, mul, act, ...). The geometric fields are
-    the ones the public measurements also carry, so that a measured row and an ONNX-derived
-    kernel produce the same features.
+    `kind` selects the regressor: one of `KERNEL_KINDS` (conv, dwconv, gconv, fc, pool_max,
+    pool_avg, pool_global, concat, and for runtimes that measure them add, mul, act, bn). The
+    geometric fields are the ones the public measurements also carry, so that a measured row
+    and an ONNX-derived kernel produce the same features.
     """
 
     name: str

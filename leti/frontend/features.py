@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from leti.core.records import Kernel, KernelPlan
+from leti.core.records import CONV_KINDS, Kernel, KernelPlan
 
 KERNEL_FEATURES = (
     "log_flops",
@@ -79,7 +79,7 @@ def kernel_features(geometry: pd.DataFrame) -> np.ndarray:
     g = geometry["groups"].to_numpy(float).clip(min=1)
     h_in = geometry["h_in"].to_numpy(float).clip(min=1)
 
-    conv = np.isin(kind, ("conv", "dwconv", "gconv"))
+    conv = np.isin(kind, CONV_KINDS)
     fc = kind == "fc"
     glob = kind == "pool_global"
     pool = np.isin(kind, ("pool_max", "pool_avg"))

@@ -20,9 +20,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
-from leti.core.records import Graph, Kernel, KernelPlan, Layer
-
-_CONV_LIKE = ("conv", "dwconv", "gconv")
+from leti.core.records import CONV_KINDS, Graph, Kernel, KernelPlan, Layer
 
 
 @dataclass(frozen=True)
@@ -285,7 +283,7 @@ def plan(graph: Graph, runtime: str) -> KernelPlan:
 
         if t in r.fold and len(op.inputs) == 1:
             target = producer.get(op.inputs[0])
-            if target and target.kind in _CONV_LIKE and consumers[op.inputs[0]] == 1:
+            if target and target.kind in CONV_KINDS and consumers[op.inputs[0]] == 1:
                 target.layers.extend(names)
                 producer[op.output] = target
                 continue

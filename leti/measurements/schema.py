@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from leti.core.errors import MeasurementError, UnknownSocError
+from leti.core.records import KERNEL_KINDS
 from leti.core.socs import resolve, resolve_runtime
 from leti.core.store import measurements_dir, sha256_file
 
@@ -44,11 +45,8 @@ KERNEL_COLUMNS: tuple[str, ...] = (
 E2E_COLUMNS: tuple[str, ...] = (
     "soc", "runtime", "model", "latency_ms", "std_ms", "flops", "params_bytes", "graph", "source",
 )
-#: Regressor kinds a kernel row may carry (the vocabulary of `leti.records.Kernel.kind`).
-KINDS: frozenset[str] = frozenset({
-    "conv", "dwconv", "gconv", "fc", "pool_max", "pool_avg", "pool_global", "concat",
-    "add", "mul", "act", "bn",
-})
+#: Regressor kinds a kernel row may carry (`leti.core.records.KERNEL_KINDS`, as a set).
+KINDS: frozenset[str] = frozenset(KERNEL_KINDS)
 _KERNEL_STR = ("soc", "runtime", "model", "op", "kind", "fused", "gpu_kernel", "source")
 _KERNEL_INT = (
     "source_row", "h_in", "w_in", "c_in", "h_out", "w_out", "c_out", "kernel", "stride", "groups",
