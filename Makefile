@@ -18,6 +18,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check leti tests benchmarks
 	$(BIN)/ruff format --check leti tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Regenerate the committed reports (needs ../shared; `leti import` first).
@@ -34,6 +35,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check leti tests benchmarks
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format leti tests benchmarks

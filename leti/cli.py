@@ -241,16 +241,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def serve_main(argv: list[str] | None = None) -> int:
-    """`python -m leti.service.server [flags]`: `leti serve` on its own."""
+    """`leti serve [flags]` on its own (what `python -m leti serve` runs, as a function)."""
     parser = argparse.ArgumentParser(prog="leti serve", description="Run the leti HTTP service.")
     add_serve_arguments(parser)
     return cmd_serve(parser.parse_args(argv))
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from leti.train.calibrate import run_calibrate
+    """`leti calibrate --soc S [--runtime R] --measurements timings.csv [--models-dir D]`."""
+    import math
 
-    return run_calibrate(args) or 0
+    from leti.predict.registry import calibration_path
+    from leti.train.calibrate import calibrate
+
+    doc, timings = calibrate(args.soc, args.runtime, args.measurements, args.models_dir)
+    print(timings.report())
+    lo, hi = doc["interval_log_quantiles"]
+    base = doc["base"]
+    print(
+        f"{doc['soc']}/{doc['runtime']}: calibrated on {doc['k']} timings "
+        f"(base {base['runtime']}, {base['provenance']}"
+        + (f", profile {base['profile']}" if base["profile"] else "")
+        + ")"
+    )
+    print(
+        f"  log t = {doc['a']:+.4f} + {doc['b']:.4f} log t_base; leave-one-out RMS "
+        f"{100 * (math.exp(doc['loo_rms_log_residual']) - 1):.1f}%; interval "
+        f"{100 * (math.exp(lo) - 1):+.0f}% / {100 * (math.exp(hi) - 1):+.0f}%"
+    )
+    for r in doc["residuals"]:
+        print(
+            f"  {r['graph']}: measured {r['measured_ms']:.2f} ms, base {r['base_ms']:.2f}, "
+            f"calibrated {r['calibrated_ms']:.2f} "
+            f"({100 * (math.exp(-r['log_residual']) - 1):+.1f}%)"
+        )
+    path = calibration_path(_models_root(args.models_dir), doc["soc"], doc["runtime"])
+    print(f"wrote {path} ({doc['model_version']})")
+    if timings.rejected:
+        print(f"warning: {len(timings.rejected)} row(s) rejected (see above)")
+    return 0
+
+
+def _models_root(arg: Path | None) -> Path:
+    from leti.core.store import models_dir
+
+    return models_dir(arg)
 
 
 def add_measure_arguments(p: argparse.ArgumentParser) -> None:

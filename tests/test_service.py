@@ -25,10 +25,10 @@ import pytest
 import requests
 from onnx import TensorProto, helper
 
+from leti.cli import serve_main as server_main
 from leti.core import socs
 from leti.service.app import create_app
 from leti.service.server import BackgroundServer
-from leti.service.server import main as server_main
 
 OCTET = {"Content-Type": "application/octet-stream"}
 

@@ -3,8 +3,7 @@
 waitress is pure Python, runs on Linux, macOS and Windows, is multi-threaded and needs no C build.
 One process means the models are loaded once and shared by all worker threads (estimators are
 immutable; the cache that holds them is locked). Run it as `leti serve` or
-`python -m leti.service.server --port 8000` (the same command: flags and printing live in
-`leti.cli`).
+`python -m leti serve --port 8000` (flags and printing live in `leti.cli`).
 """
 
 from __future__ import annotations
@@ -105,7 +104,7 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 
 class BackgroundServer:
-    """`python -m leti.service.server` in a subprocess on loopback, for tests and benchmarks.
+    """`python -m leti serve` in a subprocess on loopback, for tests and benchmarks.
 
         with BackgroundServer(env={"LETI_MAX_UPLOAD_MB": "1"}) as srv:
             requests.get(srv.url + "/healthz")
@@ -134,7 +133,7 @@ class BackgroundServer:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> BackgroundServer:
-        cmd = [sys.executable, "-m", "leti.service.server", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "leti", "serve", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--threads", str(self.threads), *self.args]
         if self.models_dir:
             cmd += ["--models-dir", str(self.models_dir)]
@@ -191,15 +190,3 @@ class BackgroundServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m leti.service.server [flags]`: `leti serve [flags]`, whose flags and messages
-    live in the CLI (imported here, in the entry point only)."""
-    from leti.cli import serve_main
-
-    return serve_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
