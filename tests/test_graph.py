@@ -548,16 +548,3 @@ def test_sparse_initializer_counts_as_weight() -> None:
     stripped = strip_weights(model)
     assert len(stripped.graph.sparse_initializer) == 0
     assert parse_graph(stripped).layers == g.layers
-
-
-def test_front_end_modules_share_only_public_names() -> None:
-    """No `_private` name crosses a module boundary: graph uses shapes' and weights' public API."""
-    import ast
-
-    crossing = []
-    for path in sorted(Path(G.__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("leti"):
-                crossing += [f"{path.name}: {a.name}" for a in node.names if a.name[0] == "_"]
-    assert not crossing
-    assert G.strip_weights is weights.strip_weights  # re-exported: the public API

@@ -472,17 +472,3 @@ def test_real_e2e_has_graphs_for_all_tflite_models(real: tuple[Path, object]) ->
     assert all(Path(g).is_file() for g in e.graph.unique())
     assert ((e.latency_ms > 0) & (e.latency_ms < 10_000)).all()
     assert data_manifest(root)["sources"]["mobile-ml-benchmark"]["consistent"]
-
-
-def test_measurement_modules_share_only_public_names() -> None:
-    """No `_private` name crosses a module boundary: the importers use the schema's public API."""
-    import ast
-
-    import leti.measurements
-
-    crossing = []
-    for path in sorted(Path(leti.measurements.__file__).parent.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("leti"):
-                crossing += [f"{path.name}: {a.name}" for a in node.names if a.name[0] == "_"]
-    assert not crossing

@@ -32,13 +32,13 @@ from leti.measurements.schema import (
     KERNELS_FILE,
     MANIFEST_FILE,
     SCHEMA_VERSION,
-    RowRejected,
+    Rejection,
     csv_bytes,
     leti_version,
     parse_fused,
+    parse_latency,
     partition_e2e_rows,
     partition_kernel_rows,
-    positive_latency,
 )
 
 SOURCE_NAME = "mobile-ml-benchmark"
@@ -138,16 +138,33 @@ class ImportReport:
 # Row parsing
 
 
+class _Reject(Exception):
+    """A candidate row is unusable: raised inside this module, counted by `_Tally`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def _latency(cell: Any) -> float:
+    """The cell's positive latency, or `_Reject` with the schema's reason."""
+    latency = parse_latency(cell)
+    if isinstance(latency, Rejection):
+        raise _Reject(latency.reason, latency.detail)
+    return latency
+
+
 def _feature_dict(text: str) -> dict[str, Any]:
     """Parse the feature column with `ast.literal_eval`: data is never executed."""
     if len(text) > _MAX_FEATURE_CHARS:
-        raise RowRejected("unparseable_feature", f"{len(text)} characters")
+        raise _Reject("unparseable_feature", f"{len(text)} characters")
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        raise RowRejected("unparseable_feature", repr(text[:60])) from None
+        raise _Reject("unparseable_feature", repr(text[:60])) from None
     if not isinstance(value, dict):
-        raise RowRejected("unparseable_feature", f"not a dict: {text[:60]!r}")
+        raise _Reject("unparseable_feature", f"not a dict: {text[:60]!r}")
     return value
 
 
@@ -172,13 +189,13 @@ def _as_int(value: Any) -> int | None:
 def _need(feat: dict[str, Any], key: str) -> int:
     value = _as_int(feat.get(key))
     if value is None:
-        raise RowRejected("bad_feature", f"{key}={feat.get(key)!r}")
+        raise _Reject("bad_feature", f"{key}={feat.get(key)!r}")
     return value
 
 
 def _opt(feat: dict[str, Any], key: str) -> int | None:
     if key in feat and feat[key] not in ("-", "", None) and _as_int(feat[key]) is None:
-        raise RowRejected("bad_feature", f"{key}={feat[key]!r}")
+        raise _Reject("bad_feature", f"{key}={feat[key]!r}")
     return _as_int(feat.get(key))
 
 
@@ -362,20 +379,20 @@ def _import_kernels(
         op, model = rec["operation"].strip(), rec["model"].strip()
         try:
             if op not in kinds:
-                raise RowRejected("unknown_op", repr(op[:60]))
-            geometry: dict[str, Any] | RowRejected = to_row(op, _feature_dict(rec["feature"]))
-        except RowRejected as bad:
+                raise _Reject("unknown_op", repr(op[:60]))
+            geometry: dict[str, Any] | _Reject = to_row(op, _feature_dict(rec["feature"]))
+        except _Reject as bad:
             geometry = bad
         for phone, col, target in columns:
             cell = rec[col]
             gpu_kernel = rec.get(col.replace("|float", "|kernel"), "").strip()
             try:
                 if target is None:
-                    raise RowRejected("unknown_phone", f"column {col!r}")
-                latency = positive_latency(cell)
-                if isinstance(geometry, RowRejected):
+                    raise _Reject("unknown_phone", f"column {col!r}")
+                latency = _latency(cell)
+                if isinstance(geometry, _Reject):
                     raise geometry
-            except RowRejected as bad:
+            except _Reject as bad:
                 tally.add(path.name, bad.reason, f"row {i} ({phone}): {bad.detail}")
                 continue
             rows.append(
@@ -418,11 +435,11 @@ def _import_e2e(
         for phone, col, target in columns:
             try:
                 if target is None:
-                    raise RowRejected("unknown_phone", f"column {col!r}")
-                latency = positive_latency(rec[col])
+                    raise _Reject("unknown_phone", f"column {col!r}")
+                latency = _latency(rec[col])
                 std_text = rec.get(col[: -len("mean")] + "std", "").strip()
                 std = float(std_text) / 1000.0 if _is_float(std_text) else std_text
-            except RowRejected as bad:
+            except _Reject as bad:
                 tally.add(path.name, bad.reason, f"row {i} ({phone}): {bad.detail}")
                 continue
             rows.append(

@@ -63,30 +63,29 @@ _E2E_INT = ("flops", "params_bytes")
 # Cells
 
 
-class RowRejected(Exception):
-    """A candidate row is unusable; carries the counted reason and a short detail."""
+@dataclass(frozen=True)
+class Rejection:
+    """Why a candidate row is unusable: the reason it is counted under, and a short detail."""
 
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
+    reason: str
+    detail: str = ""
 
 
-def positive_latency(cell: Any) -> float:
-    """A positive finite latency, or the reason it is not one (empty means not measured)."""
+def parse_latency(cell: Any) -> float | Rejection:
+    """A positive finite latency, or why it is not one (an empty cell means not measured)."""
     if cell is None or (isinstance(cell, float) and math.isnan(cell)):
-        raise RowRejected("no_measurement", "empty cell")
+        return Rejection("no_measurement", "empty cell")
     text = str(cell).strip()
     if not text:
-        raise RowRejected("no_measurement", "empty cell")
+        return Rejection("no_measurement", "empty cell")
     try:
         value = float(text)
     except ValueError:
-        raise RowRejected("non_numeric_latency", repr(text[:40])) from None
+        return Rejection("non_numeric_latency", repr(text[:40]))
     if not math.isfinite(value):
-        raise RowRejected("nan_latency", repr(text[:40]))
+        return Rejection("nan_latency", repr(text[:40]))
     if value <= 0:
-        raise RowRejected("non_positive_latency", repr(text[:40]))
+        return Rejection("non_positive_latency", repr(text[:40]))
     return value
 
 
@@ -143,10 +142,9 @@ def _validate_latency(
     for i, cell in values.items():
         if reasons[i]:
             continue
-        try:
-            positive_latency(cell)
-        except RowRejected as bad:
-            reasons[i], detail[i] = bad.reason, f"{column}={bad.detail}"
+        latency = parse_latency(cell)
+        if isinstance(latency, Rejection):
+            reasons[i], detail[i] = latency.reason, f"{column}={latency.detail}"
     return pd.to_numeric(values.where(reasons.eq(""), None), errors="coerce")
 
 
