@@ -25,6 +25,7 @@ from typing import Any
 import onnx
 from onnx import AttributeProto, TensorProto
 
+from leti.core import settings
 from leti.core.errors import (
     GraphError,
     GraphTooLargeError,
@@ -51,10 +52,10 @@ from leti.frontend.shapes import (
 from leti.frontend.weights import strip_constant_nodes, strip_initializers_into
 from leti.frontend.weights import strip_weights as strip_weights  # re-exported: the public API
 
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-DEFAULT_MAX_LAYERS = 20_000
-ENV_MAX_GRAPH_MB = "LETI_MAX_GRAPH_MB"
-ENV_MAX_LAYERS = "LETI_MAX_LAYERS"
+DEFAULT_MAX_BYTES = settings.DEFAULT_MAX_GRAPH_BYTES
+DEFAULT_MAX_LAYERS = settings.DEFAULT_MAX_LAYERS
+ENV_MAX_GRAPH_MB = settings.MAX_GRAPH_MB
+ENV_MAX_LAYERS = settings.MAX_LAYERS
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | onnx.ModelProto
 
@@ -76,28 +77,19 @@ _NORMS = frozenset(
 # ---------------------------------------------------------------------------- limits
 
 
-def _env_int(key: str, default: int, scale: float = 1) -> int:
-    """An env override, or the default when unset or unparsable (a config typo must not 500)."""
-    raw = os.environ.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(float(raw) * scale)
-    except ValueError:
-        return default
-    return value if value > 0 else default
-
-
 def _max_bytes(max_bytes: int | None) -> int:
+    """The caller's limit, else $LETI_MAX_GRAPH_MB, else the default (a bad value raises
+    `ConfigError`)."""
     if max_bytes is not None:
         return int(max_bytes)
-    return _env_int(ENV_MAX_GRAPH_MB, DEFAULT_MAX_BYTES, scale=1024 * 1024)
+    return settings.max_graph_bytes(DEFAULT_MAX_BYTES)
 
 
 def _max_layers(max_layers: int | None) -> int:
+    """The caller's limit, else $LETI_MAX_LAYERS, else the default."""
     if max_layers is not None:
         return int(max_layers)
-    return _env_int(ENV_MAX_LAYERS, DEFAULT_MAX_LAYERS)
+    return settings.max_layers(DEFAULT_MAX_LAYERS)
 
 
 def _too_large(size: int, limit: int) -> GraphTooLargeError:
