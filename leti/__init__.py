@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from leti.core.errors import LetiError
+from leti.core.version import VERSION as __version__
 
-#: The one source of the version: pyproject.toml reads it from here.
-__version__ = "0.1.0"
 __all__ = ["Estimator", "LetiError", "Prediction", "__version__", "available"]
 
 if TYPE_CHECKING:

@@ -43,11 +43,17 @@ def test_public_api_is_pinned() -> None:
 
 
 def test_version_has_one_source() -> None:
-    """pyproject.toml reads the version from leti/__init__.py instead of repeating it."""
+    """pyproject.toml reads the version from leti.core.version instead of repeating it, and
+    the installed metadata agrees with it."""
+    from importlib import metadata
+
+    from leti.core.version import VERSION
+
     pyproject = (PACKAGE.parent / "pyproject.toml").read_text("utf-8")
     assert 'dynamic = ["version"]' in pyproject
-    assert 'attr = "leti.__version__"' in pyproject
-    assert leti.__version__.count(".") >= 2
+    assert 'attr = "leti.core.version.VERSION"' in pyproject
+    assert leti.__version__ == VERSION and VERSION.count(".") >= 2
+    assert metadata.version("leti") == VERSION
 
 
 def test_no_import_cycle_between_modules() -> None:

@@ -36,6 +36,7 @@ from leti.core import store
 from leti.core.errors import DeviceError, MeasurementError  # DeviceError: importable from here
 from leti.core.records import Graph, KernelPlan
 from leti.core.store import atomic_write_bytes, atomic_write_json, atomic_write_text
+from leti.core.version import VERSION
 from leti.measurements import schema as lm
 from leti.measurements.importers import SOURCE_NAME
 from leti.measurements.schema import parse_fused
@@ -428,7 +429,7 @@ def ingest(job: MeasureJob, run: BenchmarkRun) -> MeasureReport:
         "source": job.source_name,
         "tool": "leti measure",
     }
-    manifest.update(licence=None, outputs=outputs, leti_version=lm.leti_version())
+    manifest.update(licence=None, outputs=outputs, leti_version=VERSION)
     atomic_write_bytes(out / lm.KERNELS_FILE, k_bytes)  # manifest last, as the importer does
     atomic_write_bytes(out / lm.E2E_FILE, e_bytes)
     atomic_write_json(out / lm.MANIFEST_FILE, manifest)

@@ -25,6 +25,7 @@ import pandas as pd
 from leti.core.errors import MeasurementError
 from leti.core.socs import soc_for_phone
 from leti.core.store import atomic_write_bytes, atomic_write_json, measurements_dir, sha256_file
+from leti.core.version import VERSION
 from leti.measurements.schema import (
     E2E_COLUMNS,
     E2E_FILE,
@@ -34,7 +35,6 @@ from leti.measurements.schema import (
     SCHEMA_VERSION,
     Rejection,
     csv_bytes,
-    leti_version,
     parse_fused,
     parse_latency,
     partition_e2e_rows,
@@ -597,7 +597,7 @@ def import_mobile_ml_benchmark(
         },
         "rows_by_target": report.by_target,
         "rejected": report.rejected,
-        "leti_version": leti_version(),
+        "leti_version": VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     # Manifest last: its output hashes let a reader notice a folder left between two imports.

@@ -20,7 +20,6 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -241,14 +240,6 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
     buf = io.StringIO()
     frame.to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue().encode("utf-8")
-
-
-def leti_version() -> str:
-    """The installed leti version, recorded in import manifests."""
-    try:
-        return version("leti")
-    except PackageNotFoundError:  # a source checkout that was never installed
-        return "0+unknown"
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
@@ -35,6 +34,7 @@ from leti.core.errors import (
     UnknownSocError,
 )
 from leti.core.store import models_dir as resolve_models_dir
+from leti.core.version import VERSION
 from leti.service.metrics import Metrics
 from leti.service.parsing import (
     MULTIPART,
@@ -64,13 +64,6 @@ _HTTP_KINDS = {
     500: "internal_error",
     503: "unavailable",
 }
-
-
-def version() -> str:
-    try:
-        return metadata.version("leti")
-    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0+unknown"
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,7 +319,7 @@ def healthz() -> Response:
     return jsonify(
         {
             "status": "ok",
-            "version": version(),
+            "version": VERSION,
             "estimators_loaded": st.estimators_loaded,
             "limits": {
                 "max_upload_mb": st.cfg["MAX_UPLOAD_MB"],
@@ -343,7 +336,7 @@ def openapi() -> Response:
 
     st = state()
     return jsonify(
-        build_spec(version=version(), max_upload_mb=st.cfg["MAX_UPLOAD_MB"], max_batch=st.max_batch)
+        build_spec(version=VERSION, max_upload_mb=st.cfg["MAX_UPLOAD_MB"], max_batch=st.max_batch)
     )
 
 
