@@ -19,6 +19,8 @@ KERNEL_KINDS: tuple[str, ...] = (
 )  # fmt: skip
 # The convolution kinds (plain, depthwise, grouped): a folded op (BatchNorm) joins only these.
 CONV_KINDS: tuple[str, ...] = ("conv", "dwconv", "gconv")
+# The kinds whose time is mostly arithmetic rather than memory traffic (dense convs, FC).
+COMPUTE_KINDS: tuple[str, ...] = ("conv", "gconv", "fc")
 
 
 @dataclass(frozen=True)

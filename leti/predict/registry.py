@@ -280,9 +280,7 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
     return out
 
 
-def _entry(
-    soc: socs.Soc, runtime: str, version: str, provenance: str, cal: Mapping | None
-) -> dict:
+def _entry(soc: socs.Soc, runtime: str, version: str, provenance: str, cal: Mapping | None) -> dict:
     return {
         "soc": soc.id,
         "name": soc.name,

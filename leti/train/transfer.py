@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from leti.core import socs
+from leti.core.records import COMPUTE_KINDS
 from leti.frontend.features import graph_features
 from leti.measurements import schema as measurements
 from leti.models.regressors import corrected_totals
@@ -48,9 +49,6 @@ from leti.train.fit import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Kernel kinds whose time is mostly compute (the rest is mostly memory traffic).
-COMPUTE_KINDS = ("conv", "gconv", "fc")
 
 # --------------------------------------------------------------------------------------------
 # Training across SoCs
