@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/service_bench.py [--requests 200] [--out benchmarks/service.md]
 
-Starts the real server (`python -m leti.server`, waitress) in a subprocess on 127.0.0.1, then for
+Starts the real server (`python -m leti serve`, waitress) in a subprocess on 127.0.0.1, then for
 each graph sends `--requests` graph-only uploads to POST /predict (layers=false) from 1, 4 and 16
 concurrent clients (one requests.Session each) and reports requests/s, p50 and p99. The
 in-process baseline is `Estimator.predict` on the same graph-only bytes the server receives, so
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {platform.platform()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}",
-        f"- server: `python -m leti.server` (waitress, {args.threads} threads) on 127.0.0.1, "
+        f"- server: `python -m leti serve` (waitress, {args.threads} threads) on 127.0.0.1, "
         "client and server on the same machine",
         f"- estimator: {soc} / {runtime} ({est.provenance}, {est.model_version})",
         f"- {args.requests} requests per row; POST /predict with graph-only ONNX "
