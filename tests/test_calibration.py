@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from leti.cli import main as cli_main
+from leti.core.errors import CalibrationError
 from leti.predict import registry
 from leti.predict.estimator import Estimator, uncalibrated_base
 from leti.predict.registry import available
 from leti.train import calibrate as calibration
-from leti.train.calibrate import CalibrationError, fit_log_affine, read_timings, select_and_fit
+from leti.train.calibrate import fit_log_affine, select_and_fit
+from leti.train.timings import read_timings
 from tests.test_transfer import build_synthetic_transfer
 
 GRAPHS = ("squeezenet", "shufflenet", "bvlc_alexnet", "inception_v1", "resnet50")
