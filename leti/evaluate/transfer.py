@@ -23,7 +23,6 @@ regression fitted on the same k timings.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from leti.core import socs
+from leti.core import settings, socs
 from leti.core.errors import LetiError
 from leti.core.store import sha256_file
 from leti.evaluate.scores import (
@@ -60,7 +59,8 @@ DEFAULT_OUT = REPO / "benchmarks" / "transfer.md"
 
 
 def shared_dir() -> Path:
-    return Path(os.environ.get("LETI_SHARED_DIR", REPO.parent / "shared"))
+    """$LETI_SHARED_DIR, else the `shared/` folder beside the repository."""
+    return settings.shared_dir(REPO.parent / "shared")
 
 
 def nearest_measured(hw: Any, candidates: Sequence[str]) -> str:
