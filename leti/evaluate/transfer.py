@@ -44,6 +44,7 @@ from leti.evaluate.scores import (
     plan_flops,
 )
 from leti.models import class_scales
+from leti.predict.registry import KERNEL_SUM_TOTAL, base_total
 from leti.train import calibrate as calibration
 from leti.train import transfer
 from leti.train.fit import load_plan
@@ -194,9 +195,9 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
     t = target.timings
     plans = {m: load_plan(g, "ncnn-vulkan") for m, g in zip(t["model"], t["graph"], strict=True)}
     models = list(t["model"])
-    # What `leti calibrate --runtime ncnn-vulkan` fits on (`calibration.load_base`): the
-    # kernel sum for a cross-runtime base, else the corrected total.
-    which = 1 if calibration.base_total("ncnn-vulkan") == calibration.KERNEL_SUM_TOTAL else 0
+    # What `leti calibrate --runtime ncnn-vulkan` fits on (`base_total`): the kernel sum for a
+    # cross-runtime base, else the corrected total.
+    which = 1 if base_total("ncnn-vulkan") == KERNEL_SUM_TOTAL else 0
     ns = SimpleNamespace(plans=plans)
 
     def priced(hw: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
