@@ -96,6 +96,10 @@ class Kernel:
     bytes_moved: int = 0
     n_inputs: int = 1
     fused: tuple[str, ...] = ()  # e.g. ("add", "relu")
+    # Independent copies of the geometry this kernel computes: the batch of a conv or pool,
+    # the rows of a fully-connected layer (a MatMul over 197 tokens has 197). The geometry
+    # above is one copy's; the cost model multiplies the work by it.
+    batch: int = 1
 
 
 @dataclass(frozen=True)

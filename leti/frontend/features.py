@@ -51,6 +51,7 @@ def kernels_frame(kernels: Sequence[Kernel]) -> pd.DataFrame:
             "stride": [k.stride for k in kernels],
             "groups": [k.groups for k in kernels],
             "fused": ["+".join(k.fused) for k in kernels],
+            "batch": [k.batch for k in kernels],
         }
     )
 

@@ -223,10 +223,12 @@ def _make_kernel(b: _Building) -> Kernel:
     out_shape = layer.output_shapes[0] if layer.output_shapes else None
     c_in, h_in, w_in = _dims(in_shape)
     c_out, h_out, w_out = _dims(out_shape)
+    batch = int(out_shape[0]) if out_shape and len(out_shape) > 1 else 1
     if b.kind == "fc":
         c_in = int(in_shape[-1]) if in_shape else 0
         c_out = int(out_shape[-1]) if out_shape else 0
         h_in = w_in = h_out = w_out = 1
+        batch = _rows(out_shape)
     n_inputs = len(b.op.inputs)
     if b.kind == "concat":  # the public data reports the first input's channels
         c_in = _dims(layer.input_shapes[0] if layer.input_shapes else None)[0]
@@ -255,7 +257,16 @@ def _make_kernel(b: _Building) -> Kernel:
         bytes_moved=int(layer.bytes_moved),
         n_inputs=n_inputs,
         fused=tuple(b.fused),
+        batch=max(int(batch), 1),
     )
+
+
+def _rows(shape) -> int:
+    """Rows of a fully-connected output [..., N]: the product of every dim but the last."""
+    rows = 1
+    for d in list(shape or ())[:-1]:
+        rows *= int(d)
+    return rows
 
 
 def plan(graph: Graph, runtime: str) -> KernelPlan:
