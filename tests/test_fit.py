@@ -85,9 +85,9 @@ def test_corrector_inputs_come_from_regressors_that_never_saw_the_model(
     seen: list[set[str]] = []
     real_fit = fit_mod.fit_kernels
 
-    def spy(ts_, exclude=()):
+    def spy(ts_, exclude=(), **kw):
         seen.append(set(ts_.kernel_rows["model"]) - set(exclude))
-        return real_fit(ts_, exclude)
+        return real_fit(ts_, exclude, **kw)
 
     real_predict = fit_mod.kernel_ms_by_name
     predicted_by: dict[str, set[str]] = {}

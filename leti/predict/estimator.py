@@ -27,9 +27,10 @@ from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
 from leti.models import class_scales
 from leti.models.calibration import CalibrationMap
+from leti.models.kernel_cost import KernelCosts
+from leti.models.overhead import load_graph_stage
 from leti.models.regressors import (
     GraphCorrection,
-    GraphCorrector,
     KernelRegressors,
     KernelTimeModel,
     NoGraphCorrection,
@@ -212,8 +213,8 @@ def _build_base(soc: socs.Soc, runtime: str, base: BaseChoice) -> Estimator:
             runtime=runtime,
             model_version=manifest["model_version"],
             provenance="measured",
-            kernels=KernelRegressors.load(base.folder, manifest["kernel_files"]),
-            corrector=GraphCorrector.load(base.folder / manifest["corrector_file"]),
+            kernels=_load_kernel_model(base.folder, manifest["kernel_files"]),
+            corrector=load_graph_stage(base.folder / manifest["corrector_file"]),
             manifest=manifest,
             log_interval=tuple(manifest.get("interval_log_quantiles", DEFAULT_LOG_INTERVAL)),
         )
@@ -237,6 +238,13 @@ def _build_base(soc: socs.Soc, runtime: str, base: BaseChoice) -> Estimator:
     if base.total == KERNEL_SUM_TOTAL:
         est = replace(est, corrector=NoGraphCorrection())
     return est
+
+
+def _load_kernel_model(folder: Path, files: Mapping[str, str]) -> KernelTimeModel:
+    """Analytic cost x efficiency (models fitted since issue 9), else per-kind trees on time."""
+    if "_cost" in files:
+        return KernelCosts.load(folder, files)
+    return KernelRegressors.load(folder, files)
 
 
 def uncalibrated_base(

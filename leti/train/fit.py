@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from leti.core import socs
 from leti.core.errors import LetiError, MeasurementError
 from leti.core.records import KernelPlan
 from leti.core.store import atomic_write_json
@@ -29,7 +30,10 @@ from leti.frontend.features import graph_features
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
 from leti.measurements import schema as measurements
+from leti.models.kernel_cost import KernelCosts
+from leti.models.overhead import GraphOverhead
 from leti.models.regressors import (
+    GraphCorrection,
     GraphCorrector,
     KernelRegressors,
     KernelTimeModel,
@@ -90,9 +94,20 @@ def group_folds(models: Sequence[str], n_splits: int, seed: int = 0) -> list[lis
     return [sorted(order[i::n_splits]) for i in range(n_splits)]
 
 
-def fit_kernels(ts: TrainingSet, exclude: Sequence[str] = ()) -> KernelRegressors:
+#: "leti": analytic cost x learned efficiency per kernel, structural graph stage (what ships).
+#: "previous": per-kernel trees on raw time and a free-form tree corrector (the model before
+#: issue 9), kept so that every evaluation reports it beside the current one.
+METHODS = ("leti", "previous")
+DEFAULT_METHOD = "leti"
+
+
+def fit_kernels(
+    ts: TrainingSet, exclude: Sequence[str] = (), method: str = DEFAULT_METHOD
+) -> KernelTimeModel:
     rows = ts.kernel_rows[~ts.kernel_rows["model"].isin(list(exclude))]
-    return KernelRegressors().fit(rows, rows["latency_ms"].to_numpy())
+    if method == "previous":
+        return KernelRegressors().fit(rows, rows["latency_ms"].to_numpy())
+    return KernelCosts.for_hardware(socs.resolve(ts.soc)).fit(rows, rows["latency_ms"].to_numpy())
 
 
 def kernel_ms_by_name(
@@ -103,12 +118,16 @@ def kernel_ms_by_name(
 
 
 def oof_kernel_ms(
-    ts: TrainingSet, models: Sequence[str], exclude: Sequence[str] = (), seed: int = 0
+    ts: TrainingSet,
+    models: Sequence[str],
+    exclude: Sequence[str] = (),
+    seed: int = 0,
+    method: str = DEFAULT_METHOD,
 ) -> dict[str, np.ndarray]:
     """Kernel latencies for each graph in `models` from regressors that never saw that model."""
     out: dict[str, np.ndarray] = {}
     for fold in group_folds(models, min(N_SPLITS, len(models)), seed):
-        regs = fit_kernels(ts, exclude=[*exclude, *fold])
+        regs = fit_kernels(ts, exclude=[*exclude, *fold], method=method)
         out.update(kernel_ms_by_name(regs, ts.plans, fold))
     return out
 
@@ -128,34 +147,57 @@ def corrector_data(
 
 @dataclass
 class FittedPipeline:
-    kernels: KernelRegressors
-    corrector: GraphCorrector
+    kernels: KernelTimeModel
+    corrector: GraphCorrection
     log_interval: tuple[float, float]
     oof_log_residuals: np.ndarray
+    method: str = DEFAULT_METHOD
+
+    @property
+    def graph_stage(self) -> str:
+        if isinstance(self.corrector, GraphOverhead):
+            return "structural"
+        return "constant" if self.corrector.constant else "trees"
 
 
-def fit_pipeline(ts: TrainingSet, train_models: Sequence[str], seed: int = 0) -> FittedPipeline:
-    """Fit on `train_models` only (every other model with a graph is held out entirely)."""
+def _graph_stage_candidates(method: str) -> dict[str, Callable[[], GraphCorrection]]:
+    if method == "previous":
+        # Out-of-fold residuals choose between trees and a constant ratio (where the kernel
+        # sum already tracks end-to-end time, e.g. PyTorch Vulkan which times every op).
+        return {
+            "trees": lambda: GraphCorrector(constant=False),
+            "constant": lambda: GraphCorrector(constant=True),
+        }
+    return {"structural": GraphOverhead}
+
+
+def fit_pipeline(
+    ts: TrainingSet, train_models: Sequence[str], seed: int = 0, method: str = DEFAULT_METHOD
+) -> FittedPipeline:
+    """Fit on `train_models` only (every other model with a graph is held out entirely).
+
+    The graph-level stage learns from kernel sums predicted out of fold; its own out-of-fold
+    residuals (a second grouped split) size the prediction interval."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     held_out = [m for m in ts.models if m not in set(train_models)]
-    oof = oof_kernel_ms(ts, train_models, exclude=held_out, seed=seed)
+    oof = oof_kernel_ms(ts, train_models, exclude=held_out, seed=seed, method=method)
     x, y = corrector_data(ts, oof, train_models)
-    # Out-of-fold residuals choose between the trees and a constant ratio (where the kernel
-    # sum already tracks end-to-end time, e.g. PyTorch Vulkan which times every op, trees only
-    # add noise), and size the prediction interval of the one chosen.
-    candidates = {False: np.empty(len(train_models)), True: np.empty(len(train_models))}
+    makers = _graph_stage_candidates(method)
+    candidates = {name: np.empty(len(train_models)) for name in makers}
     index = {m: i for i, m in enumerate(train_models)}
     for fold in group_folds(train_models, min(N_SPLITS, len(train_models)), seed + 1):
         idx = [index[m] for m in fold]
         rest = [i for i in range(len(train_models)) if i not in set(idx)]
-        for constant, resid in candidates.items():
-            c = GraphCorrector(constant=constant).fit(x[rest], y[rest])
+        for name, resid in candidates.items():
+            c = makers[name]().fit(x[rest], y[rest])
             resid[idx] = y[idx] - c.predict(x[idx])
-    constant = bool(np.abs(candidates[True]).mean() < np.abs(candidates[False]).mean())
-    resid = candidates[constant]
-    corrector = GraphCorrector(constant=constant).fit(x, y)
+    best = min(candidates, key=lambda name: float(np.abs(candidates[name]).mean()))
+    resid = candidates[best]
+    corrector = makers[best]().fit(x, y)
     lo, hi = np.quantile(resid, [0.05, 0.95]) if len(resid) >= 5 else (-0.3, 0.3)
-    kernels = fit_kernels(ts, exclude=held_out)
-    return FittedPipeline(kernels, corrector, (float(lo), float(hi)), resid)
+    kernels = fit_kernels(ts, exclude=held_out, method=method)
+    return FittedPipeline(kernels, corrector, (float(lo), float(hi)), resid, method)
 
 
 def predict_totals(
@@ -216,14 +258,17 @@ def fit_and_save(
                 "kernel_rows": len(ts.kernel_rows),
                 "graphs": len(ts.models),
                 "kinds": sorted(pipe.kernels.kinds),
-                "corrector": "constant" if pipe.corrector.constant else "trees",
+                "kernel_model": "analytic x efficiency"
+                if isinstance(pipe.kernels, KernelCosts)
+                else "trees on log time",
+                "corrector": pipe.graph_stage,
             },
             "data": data,
             "fusion_rules_sha256": fusion_rules_sha256(),
             "libraries": library_versions(),
             "cv": cv_metrics or {},
-            "format": "xgboost UBJ per kernel kind + corrector JSON (xgboost JSON inside); "
-            "no pickle",
+            "format": "xgboost UBJ per kernel kind + kernel_cost.json (hardware, feature "
+            "ranges) + graph stage JSON; no pickle",
         }
 
     return save_model_folder(Path(models_dir) / soc / runtime, pipe, manifest_for)
