@@ -100,6 +100,16 @@ class Kernel:
     # the rows of a fully-connected layer (a MatMul over 197 tokens has 197). The geometry
     # above is one copy's; the cost model multiplies the work by it.
     batch: int = 1
+    # The whole kernel's work (batch included) where the geometry above cannot express it: a
+    # transposed or 3-D conv, a MatMul of two activations, an LSTM, an Einsum, an attention op.
+    # FLOPs count 2 x MACs; bytes are elements x 4, as in `Layer.bytes_moved`. 0 means "derive
+    # the work from the geometry" (every measured kernel family: the efficiency was learned so).
+    work_flops: int = 0
+    work_bytes: int = 0
+    # "measured": a family with per-kernel measurements, priced with its own learned efficiency.
+    # "analytic": no measurements of this op family; priced by the analytic part with the
+    # efficiency of `kind`, the measured family it is mapped to (the answer must say so).
+    priced: str = "measured"
 
 
 @dataclass(frozen=True)
@@ -118,10 +128,16 @@ class KernelPlan:
 
 @dataclass(frozen=True)
 class LayerTime:
+    """One line of the per-layer breakdown. `priced` says where its number comes from:
+    "measured" (a kernel family with per-kernel measurements on this SoC: analytic cost x the
+    efficiency learned from them) or "analytic" (no measurements of this op family: the
+    analytic cost with a borrowed efficiency, or a structural term of the graph stage)."""
+
     name: str
     op: str
     kernel: str
     ms: float
+    priced: str = "measured"
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,13 @@ Trees interpolate: a tree on raw sizes returns its largest training leaf for any
 so a 4096-row MatMul would cost what a 1-row one does and a 4K image what 224 px does. The
 cost therefore has two parts:
 
-- an **analytic part** that scales with the work: `max(FLOPs / peak, bytes / bandwidth)` on the
+- an **analytic part** that scales with the work: `FLOPs / peak + bytes / bandwidth` on the
   SoC's descriptors (FP16, as the measurements are), with batch (or fully-connected rows)
   multiplying the geometry's work, and the front end's own FLOPs and bytes for ops whose work
-  the geometry cannot express (`work_flops`, `work_bytes`);
+  the geometry cannot express (`work_flops`, `work_bytes`). A sum rather than the roofline's
+  max: mobile kernels overlap compute and memory traffic poorly, and a kernel that moves from
+  memory-bound (a 1-row fully-connected layer, all the data has) to compute-bound (197 rows)
+  must keep paying for both; the efficiency absorbs the overlap where it was measured;
 - a **learned efficiency**: per kernel kind, xgboost on log(measured / analytic) from the
   kernel's geometry features, **clamped to the range each kind was trained on**, so that
   outside it the efficiency stays at its edge value while the analytic part keeps scaling.
@@ -90,7 +93,7 @@ class KernelCosts(KindBoosters):
         x, flops, moved = kernel_work(geometry)
         compute = flops / (self.fp16_gflops * 1e6)
         memory = moved / (self.dram_gbps * 1e6)
-        return x, np.maximum(np.maximum(compute, memory), MIN_ANALYTIC_MS)
+        return x, np.maximum(compute + memory, MIN_ANALYTIC_MS)
 
     def fit(self, geometry: pd.DataFrame, latency_ms: np.ndarray) -> KernelCosts:
         geometry = geometry.reset_index(drop=True)
@@ -137,7 +140,9 @@ class KernelCosts(KindBoosters):
             lo, hi = (
                 np.asarray(v, float) for v in self.ranges.get(str(kind), self.ranges[_GLOBAL])
             )
-            span = np.maximum(hi - lo, 1e-9)
+            # a feature constant in training (every fully-connected row has h_out = 1) has
+            # no span: measure distance against a tenth of its magnitude instead
+            span = np.maximum(hi - lo, np.maximum(0.1 * np.maximum(abs(lo), abs(hi)), 1e-3))
             mask = kinds == kind
             past = np.maximum(lo - x[mask], 0) + np.maximum(x[mask] - hi, 0)
             out[mask] = (past / span).max(axis=1)
@@ -149,7 +154,7 @@ class KernelCosts(KindBoosters):
             Path(folder) / META_FILE,
             {
                 "format": FORMAT,
-                "model": "ms = max(flops / fp16 peak, bytes / bandwidth) x exp(efficiency)",
+                "model": "ms = (flops / fp16 peak + bytes / bandwidth) x exp(efficiency)",
                 "features": list(KERNEL_FEATURES),
                 "fp16_gflops": self.fp16_gflops,
                 "dram_gbps": self.dram_gbps,

@@ -14,6 +14,12 @@ and ranked worse than FLOPs. So the stage is a few interpretable, non-negative t
 fitted by non-negative least squares on *relative* error over the training models' end-to-end
 timings, with kernel sums predicted out of fold. It behaves the same for a 32x32 NAS cell and
 a 224 px ResNet, and a graph that computes anything never totals 0 ms.
+
+Physics first: a standalone op is a kernel of its own, so its terms have floors that no fit
+can remove: a dispatch (`MIN_DISPATCH_MS`) and its memory traffic at the SoC's full bandwidth
+(reading and writing each element in FP16). The training CNNs have few standalone ops (the
+delegates link most of them), too few for the fit to see them; the floors keep an
+elementwise-only graph, or a transformer's LayerNorms and Softmaxes, from costing nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,10 @@ TERMS = (
 )
 _IDX = {name: i for i, name in enumerate(GRAPH_FEATURES)}
 FORMAT = "structural"
+#: The least a launched kernel costs (ms): a dispatch on a mobile GPU queue (judgement).
+MIN_DISPATCH_MS = 0.005
+#: Bytes a standalone elementwise op moves per output element: read and write, FP16.
+STANDALONE_BYTES_PER_ELEMENT = 4
 
 
 def structural_terms(x: np.ndarray) -> np.ndarray:
@@ -60,17 +70,34 @@ class GraphOverhead:
     """Non-negative structural terms per SoC; `predict` answers log(end-to-end / kernel sum),
     the same interface as the free-form corrector it replaces."""
 
+    dram_gbps: float = 1.0  # the SoC's bandwidth: the floor of a standalone op's traffic
     coef: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0, 0.0, 0.0]))
+
+    @classmethod
+    def for_hardware(cls, hw: Any) -> GraphOverhead:
+        return cls(dram_gbps=float(hw.dram_gbps))
+
+    def floors(self) -> np.ndarray:
+        """Lower bounds of the coefficients (see the module docstring)."""
+        per_melement = STANDALONE_BYTES_PER_ELEMENT * 1e6 / (self.dram_gbps * 1e6)
+        return np.array([0.0, 0.0, MIN_DISPATCH_MS, per_melement, 0.0])
 
     def fit(self, x: np.ndarray, log_ratio: np.ndarray) -> GraphOverhead:
         terms = structural_terms(x)
         e2e = terms[:, 0] * np.exp(np.asarray(log_ratio, float))
+        floor = self.floors()
         weight = 1.0 / e2e  # relative error: a 2 ms cell counts as much as a 200 ms ResNet
-        self.coef, _ = nnls(terms * weight[:, None], e2e * weight)
+        above, _ = nnls(terms * weight[:, None], (e2e - terms @ floor) * weight)
+        self.coef = above + floor
         return self
 
     def total_ms(self, x: np.ndarray) -> np.ndarray:
         return structural_terms(x) @ self.coef
+
+    def standalone_ms(self, output_elements: list[float]) -> np.ndarray:
+        """Each standalone op's own terms: its per-op cost and its elements' cost."""
+        elems = np.asarray(output_elements, float)
+        return self.coef[2] + self.coef[3] * elems / 1e6
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         terms = structural_terms(x)
@@ -83,6 +110,8 @@ class GraphOverhead:
             "features": list(GRAPH_FEATURES),
             "terms": list(TERMS),
             "coef": [float(c) for c in self.coef],
+            "floors": [float(c) for c in self.floors()],
+            "dram_gbps": self.dram_gbps,
         }
 
     def save(self, path: Path) -> None:
@@ -92,7 +121,7 @@ class GraphOverhead:
     def from_json(cls, doc: dict) -> GraphOverhead:
         if doc.get("type") != FORMAT or list(doc["terms"]) != list(TERMS):
             raise ValueError("graph-level stage with other terms: re-fit")
-        return cls(coef=np.array(doc["coef"], float))
+        return cls(dram_gbps=float(doc["dram_gbps"]), coef=np.array(doc["coef"], float))
 
 
 def load_graph_stage(path: Path) -> GraphOverhead | GraphCorrector:

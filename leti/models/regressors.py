@@ -256,6 +256,8 @@ def corrected_totals(
     if not len(sums):
         return sums, sums
     x = np.array([graph_features(p, ms) for p, ms in zip(plans, kernel_ms, strict=True)])
+    if hasattr(corrector, "total_ms"):  # a structural stage prices the total directly
+        return np.asarray(corrector.total_ms(x), float), sums
     # xgboost answers float32: take the exponential in float64, as a single prediction does
     log_ratio = np.asarray(corrector.predict(x), float)
     return sums * np.exp(log_ratio), sums

@@ -19,16 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 
 from leti.core import socs
 from leti.core.errors import LetiError
-from leti.core.records import Graph, KernelPlan, LayerTime, Prediction, Unsupported
+from leti.core.records import Graph, KernelPlan, Layer, LayerTime, Prediction, Unsupported
+from leti.frontend.features import kernels_frame
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
 from leti.models import class_scales
 from leti.models.calibration import CalibrationMap
 from leti.models.kernel_cost import KernelCosts
-from leti.models.overhead import load_graph_stage
+from leti.models.overhead import GraphOverhead, load_graph_stage
 from leti.models.regressors import (
     GraphCorrection,
     KernelRegressors,
@@ -38,6 +40,7 @@ from leti.models.regressors import (
     predict_kernel_ms,
 )
 from leti.models.transfer import TransferModel
+from leti.models.uncertainty import widening
 from leti.predict import registry
 from leti.predict.registry import KERNEL_SUM_TOTAL, BaseChoice, ModelChoice, Total
 
@@ -106,14 +109,18 @@ class Estimator:
         return predict_kernel_ms(self.kernels, [plan])[0]
 
     def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
-        """Batched: one regressor call per kernel kind and one corrector call for all graphs."""
+        """Batched: one regressor call per kernel kind and one graph-stage call for all graphs."""
         split = predict_kernel_ms(self.kernels, plans)
         totals, _ = corrected_totals(plans, split, self.corrector, floor_ms=0.0)
+        distances = _extrapolation(self.kernels, plans)
         return [
-            self._assemble(p, ms, float(t)) for p, ms, t in zip(plans, split, totals, strict=True)
+            self._assemble(p, ms, float(t), d)
+            for p, ms, t, d in zip(plans, split, totals, distances, strict=True)
         ]
 
-    def _assemble(self, plan: KernelPlan, ms: np.ndarray, total: float) -> Prediction:
+    def _assemble(
+        self, plan: KernelPlan, ms: np.ndarray, total: float, distance: np.ndarray
+    ) -> Prediction:
         kernel_sum = float(ms.sum())
         lo, hi = self.log_interval
         if self.calibration is not None:
@@ -123,23 +130,51 @@ class Estimator:
             total = float(self.calibration.apply(total, terms))
             lo, hi = self.calibration.interval
         layers = [
-            LayerTime(k.name, k.op_type, "+".join((k.kind, *k.fused)), float(t))
+            LayerTime(
+                k.name,
+                k.op_type,
+                "+".join((k.kind, *k.fused)),
+                float(t),
+                getattr(k, "priced", "measured"),
+            )
             for k, t in zip(plan.kernels, ms, strict=True)
         ]
-        if plan.overhead or total != kernel_sum:
-            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", total - kernel_sum))
+        standalone = self._standalone_ms(plan)
+        layers += [
+            LayerTime(la.name, la.op_type, "standalone", float(t), "analytic")
+            for la, t in zip(plan.overhead, standalone, strict=True)
+        ]
+        rest = total - kernel_sum - float(standalone.sum())
+        if plan.overhead or abs(rest) > 1e-12:
+            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", rest, "analytic"))
+        analytic = sum(lt.ms for lt in layers if lt.priced == "analytic" and lt.ms > 0)
+        wide = widening(ms, distance, analytic, total)
+        lo, hi = lo - wide.log_units, hi + wide.log_units
         unsupported = _group_unsupported(plan)
         notes = []
         if unsupported:
             n = sum(u.count for u in unsupported)
             ops = ", ".join(u.op for u in unsupported)
             notes.append(f"total_ms excludes {n} unsupported layer(s) ({ops}): no latency model")
-        if plan.overhead:
+        if plan.overhead and isinstance(self.corrector, GraphOverhead):
+            notes.append(
+                f"{len(plan.overhead)} standalone layer(s) have no per-kernel measurements: "
+                "each is priced analytically by the graph stage (a cost per op and per element)"
+            )
+        elif plan.overhead:
             notes.append(
                 f"{len(plan.overhead)} standalone layer(s) without per-kernel data are not priced "
                 "one by one: the graph-level correction (corrector or calibration) covers them in "
                 "the overhead entry"
             )
+        borrowed = sorted({lt.op for lt in layers[: len(plan.kernels)] if lt.priced == "analytic"})
+        if borrowed:
+            notes.append(
+                f"{', '.join(borrowed)}: no per-kernel measurements of these op families; "
+                "priced by their FLOPs and bytes with the efficiency of the nearest measured family"
+            )
+        if wide.reasons:
+            notes.append("interval widened: " + "; ".join(wide.reasons))
         return Prediction(
             soc=self.soc,
             runtime=self.runtime,
@@ -152,6 +187,13 @@ class Estimator:
             kernel_sum_ms=kernel_sum,
             notes=tuple(notes),
         )
+
+    def _standalone_ms(self, plan: KernelPlan) -> np.ndarray:
+        """Each standalone layer's share of a structural graph stage (per op + per element);
+        zeros for a free-form corrector, whose overhead entry covers them together."""
+        if not isinstance(self.corrector, GraphOverhead) or not plan.overhead:
+            return np.zeros(len(plan.overhead))
+        return self.corrector.standalone_ms([_output_elements(la) for la in plan.overhead])
 
     def predict_many(
         self,
@@ -175,6 +217,24 @@ class Estimator:
             for (i, _), pred in zip(plans, self._predict_plans([p for _, p in plans]), strict=True):
                 out[i] = pred
         return out  # type: ignore[return-value]
+
+
+def _output_elements(layer: Layer) -> float:
+    shape = layer.output_shapes[0] if layer.output_shapes else None
+    return float(np.prod(shape)) if shape else 0.0
+
+
+def _extrapolation(kernels: KernelTimeModel, plans: Sequence[KernelPlan]) -> list[np.ndarray]:
+    """Per kernel, how far past its kind's training range (0 inside; 0 for kernel models
+    that do not know their range, e.g. the transfer model, whose interval is wide anyway)."""
+    measure = getattr(kernels, "extrapolation", None)
+    if measure is None:
+        return [np.zeros(len(p.kernels)) for p in plans]
+    frames = [kernels_frame(p.kernels) for p in plans]
+    sizes = [len(f) for f in frames]
+    if sum(sizes) == 0:
+        return [np.zeros(0) for _ in plans]
+    return np.split(measure(pd.concat(frames, ignore_index=True)), np.cumsum(sizes)[:-1])
 
 
 def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:

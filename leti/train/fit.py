@@ -160,7 +160,7 @@ class FittedPipeline:
         return "constant" if self.corrector.constant else "trees"
 
 
-def _graph_stage_candidates(method: str) -> dict[str, Callable[[], GraphCorrection]]:
+def _graph_stage_candidates(method: str, soc: str = "") -> dict[str, Callable[[], GraphCorrection]]:
     if method == "previous":
         # Out-of-fold residuals choose between trees and a constant ratio (where the kernel
         # sum already tracks end-to-end time, e.g. PyTorch Vulkan which times every op).
@@ -168,7 +168,13 @@ def _graph_stage_candidates(method: str) -> dict[str, Callable[[], GraphCorrecti
             "trees": lambda: GraphCorrector(constant=False),
             "constant": lambda: GraphCorrector(constant=True),
         }
-    return {"structural": GraphOverhead}
+    hw = socs.resolve(soc)
+    # The free-form trees stay a candidate: chosen only where their out-of-fold error beats
+    # the structural stage's (on A12 Metal, whose data lacks the elementwise kernels' times).
+    return {
+        "structural": lambda: GraphOverhead.for_hardware(hw),
+        "trees": lambda: GraphCorrector(constant=False),
+    }
 
 
 def fit_pipeline(
@@ -183,7 +189,7 @@ def fit_pipeline(
     held_out = [m for m in ts.models if m not in set(train_models)]
     oof = oof_kernel_ms(ts, train_models, exclude=held_out, seed=seed, method=method)
     x, y = corrector_data(ts, oof, train_models)
-    makers = _graph_stage_candidates(method)
+    makers = _graph_stage_candidates(method, ts.soc)
     candidates = {name: np.empty(len(train_models)) for name in makers}
     index = {m: i for i, m in enumerate(train_models)}
     for fold in group_folds(train_models, min(N_SPLITS, len(train_models)), seed + 1):

@@ -1,0 +1,69 @@
+"""How much wider an interval gets where the model knows less.
+
+The base interval of a fitted model is the 5%/95% quantiles of its out-of-fold log residuals
+on the training graphs: honest for graphs like them, over-confident for a 4K image or a
+transformer. Two things widen it, each in log units, added in quadrature and scaled to the
+same 90% coverage:
+
+- **extrapolation**: kernels whose features lie outside the range their kind was trained on
+  (their efficiency is held at its edge value, the analytic part keeps scaling). The spread
+  grows with the distance past the edge, in units of the training span, weighted by the share
+  of the kernel time those kernels carry;
+- **analytic pricing**: the share of the total priced without any measurement of that op
+  family (borrowed efficiencies, structural per-op terms).
+
+The constants are judgement, not a fit: they are chosen so that a graph entirely outside the
+data gets an interval of roughly a factor of two either side, and they are checked by the
+size-extrapolation protocols of `leti evaluate` (coverage on held-out larger and smaller
+models).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Log-units of spread per unit of log1p(distance past the training range).
+EXTRAPOLATION_SD = 0.25
+#: Log-units of spread for a graph priced entirely analytically.
+ANALYTIC_SD = 0.35
+#: z of the 95% quantile: the base interval is a 5%..95% one.
+Z90 = 1.645
+
+
+@dataclass(frozen=True)
+class Widening:
+    """The log-units an interval widens by on each side, and why."""
+
+    log_units: float
+    extrapolated_share: float  # share of the kernel time outside the training range
+    analytic_share: float  # share of the total priced analytically
+    reasons: tuple[str, ...]
+
+
+def widening(
+    kernel_ms: np.ndarray, distance: np.ndarray, analytic_ms: float, total_ms: float
+) -> Widening:
+    """`distance`: per kernel, how far past its kind's training range (0 inside)."""
+    kernel_ms = np.asarray(kernel_ms, float)
+    distance = np.asarray(distance, float)
+    ksum = float(kernel_ms.sum())
+    outside = distance > 0
+    ext_share = float(kernel_ms[outside].sum()) / ksum if ksum > 0 else 0.0
+    ext = float((kernel_ms * np.log1p(distance)).sum()) / ksum if ksum > 0 else 0.0
+    ana_share = min(max(analytic_ms / total_ms, 0.0), 1.0) if total_ms > 0 else 1.0
+    sd = math.hypot(EXTRAPOLATION_SD * ext, ANALYTIC_SD * ana_share)
+    reasons = []
+    if ext_share > 0.01:
+        reasons.append(
+            f"{100 * ext_share:.0f}% of the kernel time is in kernels outside the sizes the "
+            "model was trained on (their efficiency is held at the edge of the data)"
+        )
+    if ana_share > 0.01:
+        reasons.append(
+            f"{100 * ana_share:.0f}% of the total is priced analytically (op families "
+            "without measurements on this SoC)"
+        )
+    return Widening(Z90 * sd, ext_share, ana_share, tuple(reasons))
