@@ -31,6 +31,7 @@ import pandas as pd
 
 from leti.core.store import atomic_write_json
 from leti.frontend.features import GRAPH_FEATURES, KERNEL_FEATURES, kernel_features
+from leti.models.kernel_cost import BYTES_PER_ELEMENT, kernel_work
 from leti.models.regressors import KindBoosters
 
 TRANSFER_DIR = "transfer"
@@ -45,7 +46,6 @@ SOC_FEATURES = (
     *(f"family_{f}" for f in FAMILIES),
 )
 TRANSFER_FEATURES = (*KERNEL_FEATURES, "log_compute_ms", "log_memory_ms", *SOC_FEATURES)
-BYTES_PER_ELEMENT = 2  # FP16 activations and weights
 
 
 class Hardware(Protocol):
@@ -66,13 +66,21 @@ def soc_vector(hw: Hardware) -> np.ndarray:
 
 
 def transfer_matrix(geometry: pd.DataFrame, hw: Hardware) -> tuple[np.ndarray, np.ndarray]:
-    """(features in TRANSFER_FEATURES order, log roofline ms) for every kernel row on `hw`."""
+    """(features in TRANSFER_FEATURES order, log roofline ms) for every kernel row on `hw`.
+
+    The features describe one copy of the kernel's geometry (what the trees were trained on);
+    the roofline carries the whole work, batch and fully-connected rows included
+    (`kernel_cost.kernel_work`), so a batch of 8 costs its roofline's multiple instead of what
+    one image does. Training rows are single copies: for them the two are the same."""
     x = kernel_features(geometry)
     flops = np.expm1(x[:, 0])
     moved = np.expm1(x[:, 1]) + np.expm1(x[:, 2]) + np.expm1(x[:, 3])
     compute_ms = flops / (float(hw.fp16_gflops) * 1e6)
     memory_ms = moved * BYTES_PER_ELEMENT / (float(hw.dram_gbps) * 1e6)
-    log_roof = np.log(np.maximum(compute_ms, memory_ms) + 1e-6)
+    _, all_flops, all_bytes = kernel_work(geometry)
+    whole_compute = all_flops / (float(hw.fp16_gflops) * 1e6)
+    whole_memory = all_bytes / (float(hw.dram_gbps) * 1e6)
+    log_roof = np.log(np.maximum(whole_compute, whole_memory) + 1e-6)
     sv = np.broadcast_to(soc_vector(hw), (len(x), len(SOC_FEATURES)))
     feats = np.column_stack([x, np.log(compute_ms + 1e-9), np.log(memory_ms + 1e-9), sv])
     return feats, log_roof
