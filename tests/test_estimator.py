@@ -74,7 +74,10 @@ def test_answer_format_and_layers_add_up(est, light_models):
         assert set(doc) == ANSWER_KEYS
         total = sum(layer["ms"] for layer in doc["layers"])
         assert total == pytest.approx(doc["total_ms"], rel=1e-3, abs=1e-3)
-        assert all(set(layer) == {"name", "op", "kernel", "ms"} for layer in doc["layers"])
+        assert all(
+            set(layer) == {"name", "op", "kernel", "ms", "priced"} for layer in doc["layers"]
+        )
+        assert {layer["priced"] for layer in doc["layers"]} <= {"measured", "analytic", "graph"}
         assert all(layer["ms"] > 0 for layer in doc["layers"] if layer["name"] != OVERHEAD_LAYER)
 
 

@@ -129,9 +129,10 @@ class KernelPlan:
 @dataclass(frozen=True)
 class LayerTime:
     """One line of the per-layer breakdown. `priced` says where its number comes from:
-    "measured" (a kernel family with per-kernel measurements on this SoC: analytic cost x the
-    efficiency learned from them) or "analytic" (no measurements of this op family: the
-    analytic cost with a borrowed efficiency, or a structural term of the graph stage)."""
+    "measured" (a kernel family with per-kernel measurements: analytic cost x the efficiency
+    learned from them), "analytic" (no measurements of this op family: its FLOPs and bytes with
+    a borrowed efficiency, or a standalone op's structural terms) or "graph" (the graph-level
+    terms fitted on end-to-end timings: launches, per inference, a calibration's share)."""
 
     name: str
     op: str

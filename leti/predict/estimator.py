@@ -140,13 +140,14 @@ class Estimator:
             for k, t in zip(plan.kernels, ms, strict=True)
         ]
         standalone = self._standalone_ms(plan)
-        layers += [
-            LayerTime(la.name, la.op_type, "standalone", float(t), "analytic")
-            for la, t in zip(plan.overhead, standalone, strict=True)
-        ]
+        if isinstance(self.corrector, GraphOverhead):
+            layers += [
+                LayerTime(la.name, la.op_type, "standalone", float(t), "analytic")
+                for la, t in zip(plan.overhead, standalone, strict=True)
+            ]
         rest = total - kernel_sum - float(standalone.sum())
         if plan.overhead or abs(rest) > 1e-12:
-            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", rest, "analytic"))
+            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", rest, "graph"))
         analytic = sum(lt.ms for lt in layers if lt.priced == "analytic" and lt.ms > 0)
         wide = widening(ms, distance, analytic, total)
         lo, hi = lo - wide.log_units, hi + wide.log_units
