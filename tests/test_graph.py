@@ -548,3 +548,182 @@ def test_sparse_initializer_counts_as_weight() -> None:
     stripped = strip_weights(model)
     assert len(stripped.graph.sparse_initializer) == 0
     assert parse_graph(stripped).layers == g.layers
+
+
+# -- ops beyond CNNs: FLOPs and shapes (issue 9, every computing op gets a cost)
+
+
+def _one(
+    node: onnx.NodeProto,
+    inputs: dict[str, list[int]],
+    inits: list[TensorProto] = (),  # type: ignore[assignment]
+    opset: int = 17,
+) -> Any:
+    """The layers of a one-node model whose output shape is left to inference."""
+    model = _model(
+        [node],
+        [_f32(n, s) for n, s in inputs.items()],
+        [_f32(node.output[0], None)],
+        inits,
+        opset=opset,
+    )
+    if node.domain:
+        model.opset_import.append(helper.make_opsetid(node.domain, 1))
+    return parse_graph(model).layers
+
+
+def test_conv_transpose_flops_with_groups_and_dilation() -> None:
+    node = helper.make_node(
+        "ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], dilations=[2, 2], group=4,
+        pads=[1, 1, 1, 1],
+    )  # fmt: skip
+    (layer,) = _one(node, {"x": [2, 8, 10, 10]}, [_weight("w", 8, 3, 3, 3)])
+    # (10 - 1) x 2 + (3 - 1) x 2 + 1 - 2 = 21; 4 groups of 3 outputs
+    assert layer.output_shapes == ((2, 12, 21, 21),) and layer.group == 4
+    assert layer.dilations == (2, 2)
+    assert layer.flops == 2 * (2 * 8 * 10 * 10) * (3 * 3 * 3)  # each input scatters C_out/g x k x k
+
+
+def test_normalization_softmax_and_gelu_flops() -> None:
+    x = {"x": [2, 197, 64]}
+    ln = helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1)
+    (layer,) = _one(ln, x, [_weight("g", 64), _weight("b", 64)])
+    assert layer.output_shapes[0] == (2, 197, 64) and layer.flops == 8 * 2 * 197 * 64
+    (sm,) = _one(helper.make_node("Softmax", ["x"], ["y"], axis=-1), x)
+    assert sm.flops == 5 * 2 * 197 * 64
+    (gelu,) = _one(helper.make_node("Gelu", ["x"], ["y"]), x, opset=20)
+    assert gelu.output_shapes[0] == (2, 197, 64) and gelu.flops == 8 * 2 * 197 * 64
+    (erf,) = _one(helper.make_node("Erf", ["x"], ["y"]), x)
+    assert erf.flops == 2 * 197 * 64
+
+
+def test_lstm_flops_and_shapes() -> None:
+    node = helper.make_node(
+        "LSTM", ["x", "W", "R", "B"], ["y", "y_h", "y_c"], hidden_size=64,
+        direction="bidirectional",
+    )  # fmt: skip
+    inits = [_weight("W", 2, 256, 32), _weight("R", 2, 256, 64), _weight("B", 2, 512)]
+    (layer,) = _one(node, {"x": [10, 3, 32]}, inits)
+    assert layer.output_shapes == ((10, 2, 3, 64), (2, 3, 64), (2, 3, 64))
+    per_step = 4 * 64 * (2 * (32 + 64) + 3)  # gate matmuls over [x, h], bias, nonlinearity
+    assert layer.flops == 10 * 3 * 2 * per_step
+    assert layer.params == 2 * 256 * 32 + 2 * 256 * 64 + 2 * 512
+
+
+def test_einsum_flops() -> None:
+    qk = helper.make_node("Einsum", ["q", "k"], ["y"], equation="bhid,bhjd->bhij")
+    (layer,) = _one(qk, {"q": [1, 4, 50, 16], "k": [1, 4, 60, 16]})
+    assert layer.output_shapes[0] == (1, 4, 50, 60)
+    assert layer.flops == 2 * 4 * 50 * 60 * 16
+    chain = helper.make_node("Einsum", ["a", "b", "c"], ["y"], equation="ij,jk,kl")
+    (layer,) = _one(chain, {"a": [8, 16], "b": [16, 32], "c": [32, 4]})
+    assert layer.output_shapes[0] == (8, 4)
+    assert layer.flops == 2 * (8 * 16 * 32 + 8 * 32 * 4)  # (a b) first, then c
+    bcast = helper.make_node("Einsum", ["a", "b"], ["y"], equation="...ij,...jk->...ik")
+    (layer,) = _one(bcast, {"a": [3, 1, 8, 16], "b": [5, 16, 4]})
+    assert layer.output_shapes[0] == (3, 5, 8, 4) and layer.flops == 2 * 15 * 8 * 16 * 4
+    (one,) = _one(helper.make_node("Einsum", ["a"], ["y"], equation="ij->ji"), {"a": [8, 16]})
+    assert one.output_shapes[0] == (16, 8) and one.flops == 8 * 16
+
+
+def test_quantized_ops_flops_use_the_right_weight_input() -> None:
+    wq = helper.make_tensor("wq", TensorProto.INT8, [8, 4, 3, 3], [1] * 288)
+    scales = [
+        helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("z", TensorProto.UINT8, [], [0]),
+        helper.make_tensor("wz", TensorProto.INT8, [], [0]),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        helper.make_node(
+            "QLinearConv", ["xq", "s", "z", "wq", "s", "wz", "s", "z"], ["c"], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("DequantizeLinear", ["c", "s", "z"], ["y"]),
+    ]
+    model = _model(nodes, [_f32("x", [1, 4, 16, 16])], [_f32("y", None)], [wq, *scales])
+    q, conv, dq = parse_graph(model).layers
+    assert conv.output_shapes == ((1, 8, 16, 16),) and conv.kernel_shape == (3, 3)
+    assert conv.flops == 2 * 8 * 16 * 16 * 4 * 9
+    assert q.flops == 3 * 4 * 16 * 16 and dq.flops == 2 * 8 * 16 * 16
+
+
+def _beyond_cnn_model() -> onnx.ModelProto:
+    """Standard ops with shapes ONNX infers: the fallback rules must agree with it."""
+    n = helper.make_node
+    wq = helper.make_tensor("wq", TensorProto.INT8, [8, 4, 3, 3], [1] * 288)
+    inits = [
+        wq,
+        helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+        helper.make_tensor("z", TensorProto.UINT8, [], [0]),
+        helper.make_tensor("wz", TensorProto.INT8, [], [0]),
+        _weight("wt", 8, 2, 3, 3), _weight("w3", 6, 4, 3, 3, 3), _weight("W", 1, 48, 16),
+        _weight("R", 1, 48, 16), _weight("mm", 16, 7),
+    ]  # fmt: skip
+    nodes = [
+        n("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+        n("QLinearConv", ["xq", "s", "z", "wq", "s", "wz", "s", "z"], ["qc"], pads=[1] * 4),
+        n("DequantizeLinear", ["qc", "s", "z"], ["dq"]),
+        n("ConvTranspose", ["dq", "wt"], ["up"], strides=[2, 2], group=4, dilations=[2, 2]),
+        n("Conv", ["v", "w3"], ["c3"], pads=[1] * 6, strides=[1, 2, 2]),
+        n("AveragePool", ["c3"], ["p3"], kernel_shape=[2, 2, 2], strides=[2, 2, 2]),
+        n("GRU", ["seq", "W", "R"], ["gy", "gh"], hidden_size=16, layout=1),
+        n("Einsum", ["gh", "mm"], ["e"], equation="bdh,hk->dbk"),
+        n("LayerNormalization", ["e", "ln"], ["ln_out"], axis=-1),
+    ]
+    inputs = [_f32("x", [1, 4, 16, 16]), _f32("v", [1, 4, 8, 16, 16]), _f32("seq", [2, 5, 16])]
+    ln_w = _weight("ln", 7)
+    outputs = [_f32(o, None) for o in ("up", "p3", "gy", "ln_out")]
+    return _model(nodes, inputs, outputs, [*inits, ln_w])
+
+
+def test_fallback_matches_onnx_inference_beyond_cnns(monkeypatch: Any) -> None:
+    want = parse_graph(_beyond_cnn_model())
+    by_op = {la.op_type: la for la in want.layers}
+    assert by_op["ConvTranspose"].output_shapes == ((1, 8, 35, 35),)
+    assert by_op["AveragePool"].output_shapes == ((1, 6, 4, 4, 4),)
+    assert by_op["GRU"].output_shapes == ((2, 5, 1, 16), (2, 1, 16))
+    assert by_op["Einsum"].output_shapes == ((1, 2, 7),)  # Y_h is [batch, dirs, hidden]
+    assert all(la.flops > 0 for la in want.layers)
+    monkeypatch.setattr(G, "_onnx_shapes", lambda lite: None)
+    got = parse_graph(_beyond_cnn_model())
+    assert got.layers == want.layers
+
+
+def test_contrib_op_shapes_come_from_the_fallback_rules() -> None:
+    """ONNX's inference does not know com.microsoft ops: the built-in rules size them."""
+    ms = {"domain": "com.microsoft"}
+    n = helper.make_node
+    nodes = [
+        n("FusedConv", ["img", "cw"], ["c"], activation="Relu", pads=[1] * 4, **ms),
+        n("Attention", ["x", "aw", "ab"], ["a"], num_heads=4, **ms),
+        n("MultiHeadAttention", ["a", "kv", "kv"], ["m"], num_heads=4, **ms),
+        n("SkipLayerNormalization", ["m", "x", "g", "b"], ["s"], **ms),
+        n("FusedMatMul", ["s", "fw"], ["f"], transB=1, **ms),
+        n("FusedGemm", ["f2d", "gw"], ["fg"], transB=1, activation="Relu", **ms),
+        n("FastGelu", ["f"], ["y"], **ms),
+    ]
+    inits = [
+        _weight("cw", 8, 4, 3, 3), _weight("aw", 64, 192), _weight("ab", 192),
+        _weight("g", 64), _weight("b", 64), _weight("fw", 96, 64), _weight("gw", 10, 64),
+    ]  # fmt: skip
+    inputs = [
+        _f32("img", [1, 4, 16, 16]), _f32("x", [2, 50, 64]), _f32("kv", [2, 30, 64]),
+        _f32("f2d", [3, 64]),
+    ]  # fmt: skip
+    model = _model(nodes, inputs, [_f32("y", None), _f32("fg", None), _f32("c", None)], inits)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    layers = {la.op_type: la for la in parse_graph(model).layers}
+    assert layers["FusedConv"].output_shapes[0] == (1, 8, 16, 16)
+    assert layers["FusedConv"].flops == 2 * 8 * 16 * 16 * 4 * 9
+    att = layers["Attention"]
+    assert att.output_shapes[0] == (2, 50, 64)
+    assert att.flops == 2 * 100 * 64 * 192 + 2 * 2 * 50 * 50 * 128 + 5 * 2 * 4 * 50 * 50
+    mha = layers["MultiHeadAttention"]
+    assert mha.output_shapes[0] == (2, 50, 64)
+    assert mha.flops == 2 * 2 * 50 * 30 * 128 + 5 * 2 * 4 * 50 * 30
+    assert layers["SkipLayerNormalization"].output_shapes[0] == (2, 50, 64)
+    assert layers["FusedMatMul"].output_shapes[0] == (2, 50, 96)
+    assert layers["FusedMatMul"].flops == 2 * 100 * 96 * 64
+    assert layers["FusedGemm"].output_shapes[0] == (3, 10)
+    assert layers["FastGelu"].output_shapes[0] == (2, 50, 96)
+    assert all(la.flops > 0 for la in layers.values())

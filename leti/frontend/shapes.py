@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 from onnx import TensorProto
@@ -19,9 +19,25 @@ from onnx import TensorProto
 from leti.core.errors import GraphError
 from leti.core.records import Shape
 
-CONV_OPS = frozenset({"Conv", "ConvTranspose"})
-POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool"})
-GLOBAL_POOL_OPS = frozenset({"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
+# Convolutions and the input index of their weight: the quantized forms (QLinearConv takes
+# x, x_scale, x_zero_point, w, ...) and onnxruntime's FusedConv (Conv + activation) compute
+# the same geometry as Conv.
+CONV_WEIGHT_INDEX: Mapping[str, int] = {
+    "Conv": 1, "ConvTranspose": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1,
+}  # fmt: skip
+CONV_OPS = frozenset(CONV_WEIGHT_INDEX)
+POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool", "QLinearAveragePool"})
+GLOBAL_POOL_OPS = frozenset(
+    {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "QLinearGlobalAveragePool"}
+)
+# Recurrent layers and their gate count: an LSTM computes 4 gates, a GRU 3, a plain RNN 1.
+RNN_GATES: Mapping[str, int] = {"LSTM": 4, "GRU": 3, "RNN": 1}
+# Matrix products and the input index of their B operand (A is input 0): the quantized forms
+# (QLinearMatMul takes a, a_scale, a_zero_point, b, ...) and onnxruntime's fused ones.
+MATMUL_B_INDEX: Mapping[str, int] = {
+    "MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "FusedMatMul": 1,
+    "MatMulIntegerToFloat": 1, "DynamicQuantizeMatMul": 1,
+}  # fmt: skip
 SAME_SHAPE_OPS = frozenset(
     {
         "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu",
@@ -30,7 +46,12 @@ SAME_SHAPE_OPS = frozenset(
         "ThresholdedRelu", "Softmax", "LogSoftmax", "Hardmax", "LRN", "Identity", "Cast",
         "BatchNormalization", "InstanceNormalization", "LayerNormalization",
         "GroupNormalization", "Dropout", "CastLike", "Shrink", "IsNaN", "IsInf",
-        "MeanVarianceNormalization", "LpNormalization", "CumSum",
+        "MeanVarianceNormalization", "LpNormalization", "CumSum", "QuantizeLinear",
+        "DequantizeLinear", "DynamicQuantizeLinear",
+        # com.microsoft contrib ops that exporters and onnxruntime's optimizer emit
+        "FastGelu", "BiasGelu", "QuickGelu", "BiasAdd", "BiasSoftmax", "SkipLayerNormalization",
+        "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "QLinearSigmoid",
+        "QLinearLeakyRelu", "QLinearSoftmax",
     }
 )  # fmt: skip
 BROADCAST_OPS = frozenset(
@@ -196,6 +217,184 @@ def _spatial_out(
     return out
 
 
+def conv_weight(op: str, ins: Sequence[Shape | None]) -> Shape | None:
+    """The weight shape of a convolution (None for a pool or when unknown)."""
+    index = CONV_WEIGHT_INDEX.get(op)
+    return ins[index] if index is not None and len(ins) > index else None
+
+
+# ---------------------------------------------------------------------------- sizes of big ops
+# The ops below do work that no single input or output shape shows: the front end sizes it once
+# here, for the shape fallback and for the FLOP count alike.
+
+
+class RnnSizes(NamedTuple):
+    """An LSTM/GRU/RNN layer: `seq` steps over `batch` sequences, in `dirs` directions."""
+
+    seq: int
+    batch: int
+    input: int
+    hidden: int
+    dirs: int
+    gates: int
+
+
+def rnn_sizes(op: str, attrs: Mapping[str, Any], ins: Sequence[Shape | None]) -> RnnSizes | None:
+    """Sizes of a recurrent layer from X [seq, batch, input] (or [batch, seq, input] when
+    layout = 1), W [dirs, gates x hidden, input] and R [dirs, gates x hidden, hidden]."""
+    gates = RNN_GATES[op]
+    x = ins[0] if ins else None
+    w = ins[1] if len(ins) > 1 else None
+    r = ins[2] if len(ins) > 2 else None
+    if x is None or len(x) != 3:
+        return None
+    seq, batch = (x[1], x[0]) if attrs.get("layout", 0) else (x[0], x[1])
+    hidden = int(attrs.get("hidden_size", 0))
+    if not hidden and r is not None and len(r) == 3:
+        hidden = r[2]
+    if not hidden and w is not None and len(w) == 3:
+        hidden = w[1] // gates
+    if w is not None and len(w) == 3:
+        dirs = w[0]
+    else:
+        dirs = 2 if attrs.get("direction", "forward") == "bidirectional" else 1
+    if hidden <= 0 or dirs <= 0:
+        return None
+    return RnnSizes(seq, batch, x[2], hidden, dirs, gates)
+
+
+def _rnn_shapes(
+    node: Node, attrs: Mapping[str, Any], ins: Sequence[Shape | None]
+) -> list[Shape | None] | None:
+    """Y, Y_h (and an LSTM's Y_c), as ONNX defines them for either layout."""
+    sz = rnn_sizes(node.op, attrs, ins)
+    if sz is None:
+        return None
+    if attrs.get("layout", 0):
+        y, state = (sz.batch, sz.seq, sz.dirs, sz.hidden), (sz.batch, sz.dirs, sz.hidden)
+    else:
+        y, state = (sz.seq, sz.dirs, sz.batch, sz.hidden), (sz.dirs, sz.batch, sz.hidden)
+    return [y, state, state]
+
+
+def einsum_sizes(equation: str, ins: Sequence[Shape | None]) -> tuple[int, Shape] | None:
+    """(FLOPs, output shape) of an Einsum, or None when the equation or a shape is unknown.
+
+    One operand (a transpose, trace or reduction) moves data: one op per input element. Two
+    or more are contracted pairwise from the left, each pair costing 2 x the product of the
+    sizes of every index either side carries (exact for two operands, the usual case).
+    """
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if not eq or len(terms) != len(ins) or any(s is None for s in ins):
+        return None
+    sizes: dict[str | int, int] = {}
+    keyed: list[list[str | int]] = []
+    ell_rank = 0
+    for term, shape in zip(terms, ins, strict=True):
+        assert shape is not None
+        letters = term.replace("...", "")
+        if not letters.isalpha() and letters:
+            return None
+        n_ell = len(shape) - len(letters) if "..." in term else 0
+        if n_ell < 0 or ("..." not in term and len(letters) != len(shape)):
+            return None
+        ell_rank = max(ell_rank, n_ell)
+        keys: list[str | int] = []
+        before, _, after = term.partition("...")
+        keys.extend(before)
+        keys.extend(-(n_ell - i) for i in range(n_ell))  # ellipsis dims, aligned to the right
+        keys.extend(after)
+        for key, d in zip(keys, shape, strict=True):
+            old = sizes.get(key, 1)
+            if d != old and 1 not in (d, old):
+                return None
+            sizes[key] = max(d, old) if 1 in (d, old) else d
+        keyed.append(keys)
+    ellipsis: list[str | int] = [-(ell_rank - i) for i in range(ell_rank)]
+    if arrow:
+        if not rhs.replace("...", "").isalpha() and rhs.replace("...", ""):
+            return None
+        before, dots, after = rhs.partition("...")
+        out: list[str | int] = [*before, *(ellipsis if dots else []), *after]
+    else:  # implicit output: the ellipsis, then the letters seen once, in alphabetical order
+        seen = [k for keys in keyed for k in keys if isinstance(k, str)]
+        out = [*ellipsis, *sorted(k for k in set(seen) if seen.count(k) == 1)]
+    if any(k not in sizes for k in out):
+        return None
+    if len(keyed) == 1:
+        return numel(ins[0] or ()), tuple(sizes[k] for k in out)
+    macs = 0
+    current = set(keyed[0])
+    for i in range(1, len(keyed)):
+        both = current | set(keyed[i])
+        macs += numel(sizes[k] for k in both)
+        later = set(out).union(*map(set, keyed[i + 1 :]))
+        current = both & later
+    return 2 * macs, tuple(sizes[k] for k in out)
+
+
+class AttentionSizes(NamedTuple):
+    """An attention op: `batch` x `q_len` queries over `kv_len` keys in `heads` heads, after an
+    optional input projection of `proj_in` -> `proj_out` features (com.microsoft Attention)."""
+
+    batch: int
+    q_len: int
+    kv_len: int
+    qk_dim: int
+    v_dim: int
+    heads: int
+    proj_in: int = 0
+    proj_out: int = 0
+
+    @property
+    def flops(self) -> int:
+        """Projection, Q K^T, softmax (about 5 ops a score) and scores x V."""
+        b, s, n = self.batch, self.q_len, self.kv_len
+        return (
+            2 * b * s * self.proj_in * self.proj_out
+            + 2 * b * s * n * (self.qk_dim + self.v_dim)
+            + 5 * b * self.heads * s * n
+        )
+
+
+def attention_sizes(
+    op: str, attrs: Mapping[str, Any], ins: Sequence[Shape | None]
+) -> AttentionSizes | None:
+    """Sizes of onnxruntime's Attention (input [B, S, D] and packed QKV weights [D, 3 x D'])
+    and MultiHeadAttention (query [B, S, D] with key/value [B, L, D], [B, N, L, H] or packed
+    [B, L, N, 2, H], or packed QKV in a query [B, S, N, 3, H])."""
+    heads = max(int(attrs.get("num_heads", 1)), 1)
+    q = ins[0] if ins else None
+    k = ins[1] if len(ins) > 1 else None
+    v = ins[2] if len(ins) > 2 else None
+    if q is None:
+        return None
+    if op == "Attention":
+        if len(q) != 3 or k is None or len(k) != 2:
+            return None
+        hidden = tuple(attrs.get("qkv_hidden_sizes", ())) or (k[1] // 3,) * 3
+        if len(hidden) != 3:
+            return None
+        past = ins[4] if len(ins) > 4 else None
+        kv_len = q[1] + (past[3] if past is not None and len(past) == 5 else 0)
+        return AttentionSizes(q[0], q[1], kv_len, hidden[0], hidden[2], heads, q[2], k[1])
+    if len(q) == 5:  # packed QKV
+        return AttentionSizes(q[0], q[1], q[1], q[2] * q[4], q[2] * q[4], heads)
+    if len(q) != 3 or k is None:
+        return None
+    if len(k) == 3:
+        v_dim = v[2] if v is not None and len(v) == 3 else q[2]
+        return AttentionSizes(q[0], q[1], k[1], q[2], v_dim, heads)
+    if len(k) == 5:  # packed KV
+        return AttentionSizes(q[0], q[1], k[1], q[2], k[2] * k[4], heads)
+    if len(k) == 4:  # [B, N, L, H]
+        v_dim = v[1] * v[3] if v is not None and len(v) == 4 else q[2]
+        return AttentionSizes(q[0], q[1], k[2], q[2], v_dim, heads)
+    return None
+
+
 # ---------------------------------------------------------------------------- fallback
 
 
@@ -246,7 +445,7 @@ def _infer_node(
         return None
     rank = len(x)
     if op in CONV_OPS or op in POOL_OPS:
-        w = ins[1] if op in CONV_OPS and len(ins) > 1 else None
+        w = conv_weight(op, ins)
         geometry = conv_geometry(op, attrs, x, w)
         if geometry is None or rank != len(geometry[0]) + 2:
             return None
@@ -254,7 +453,7 @@ def _infer_node(
             if w is None:
                 return None
             spatial = attrs.get("output_shape") if op == "ConvTranspose" else None
-            c = w[0] if op == "Conv" else w[1] * int(attrs.get("group", 1))
+            c = w[1] * int(attrs.get("group", 1)) if op == "ConvTranspose" else w[0]
         else:
             spatial, c = None, x[1]
         spatial = list(spatial) if spatial else _spatial_out(op, attrs, x, geometry)
@@ -273,13 +472,30 @@ def _infer_node(
         axes = {a % rank for a in axes}
         keep = attrs.get("keepdims", 1)
         return [tuple(1 if i in axes else d for i, d in enumerate(x) if keep or i not in axes)]
-    if op == "Gemm" and len(ins) > 1 and ins[1] is not None:
+    if op in ("Gemm", "FusedGemm") and len(ins) > 1 and ins[1] is not None:
         a, b = x, ins[1]
         m = a[1] if attrs.get("transA", 0) else a[0]
         n = b[0] if attrs.get("transB", 0) else b[1]
         return [(m, n)]
-    if op == "MatMul" and len(ins) > 1 and ins[1] is not None:
-        return [_matmul_shape(x, ins[1])]
+    if op in MATMUL_B_INDEX:
+        b = ins[MATMUL_B_INDEX[op]] if len(ins) > MATMUL_B_INDEX[op] else None
+        if b is None:
+            return None
+        if op == "FusedMatMul":
+            x, b = _transposed(x, attrs.get("transA", 0)), _transposed(b, attrs.get("transB", 0))
+        return [_matmul_shape(x, b)]
+    if op in RNN_GATES:
+        return _rnn_shapes(node, attrs, ins)
+    if op == "Einsum":
+        sized = einsum_sizes(str(attrs.get("equation", "")), ins)
+        return None if sized is None else [sized[1]]
+    if op in ("Attention", "MultiHeadAttention"):
+        sized = attention_sizes(op, attrs, ins)
+        return None if sized is None else [(sized.batch, sized.q_len, sized.v_dim)]
+    if op in ("QLinearAdd", "QLinearMul") and len(ins) > 3:
+        return [_broadcast([x, ins[3]])]
+    if op == "QLinearConcat":  # y_scale, y_zero_point, then (x, scale, zero_point) per input
+        return _concat_shape(ins[2::3], attrs)
     if op == "Flatten":
         axis = attrs.get("axis", 1) % (rank + 1) if rank else 0
         return [(numel(x[:axis]), numel(x[axis:]))]
@@ -289,11 +505,7 @@ def _infer_node(
             target = tuple(attrs["shape"])
         return None if target is None else [_reshape(x, target, attrs.get("allowzero", 0))]
     if op == "Concat":
-        if any(s is None or len(s) != rank for s in ins):
-            return None
-        axis = attrs.get("axis", 1) % rank
-        total = sum(s[axis] for s in ins)  # type: ignore[index]
-        return [(*x[:axis], total, *x[axis + 1 :])]
+        return _concat_shape(ins, attrs)
     if op == "Transpose":
         perm = attrs.get("perm") or tuple(reversed(range(rank)))
         return [tuple(x[p] for p in perm)]
@@ -327,6 +539,23 @@ def _infer_node(
     if op == "Split":
         return _split_shapes(node, attrs, x, consts)
     return None
+
+
+def _concat_shape(
+    ins: Sequence[Shape | None], attrs: Mapping[str, Any]
+) -> list[Shape | None] | None:
+    """Concat's output: every input of the same rank, summed along `axis`."""
+    x = ins[0] if ins else None
+    if x is None or any(s is None or len(s) != len(x) for s in ins):
+        return None
+    axis = attrs.get("axis", 1) % len(x)
+    total = sum(s[axis] for s in ins)  # type: ignore[index]
+    return [(*x[:axis], total, *x[axis + 1 :])]
+
+
+def _transposed(s: Shape, flag: Any) -> Shape:
+    """The last two dims swapped when `flag` is set (FusedMatMul's transA / transB)."""
+    return (*s[:-2], s[-1], s[-2]) if flag and len(s) >= 2 else s
 
 
 def _matmul_shape(a: Shape, b: Shape) -> Shape | None:
