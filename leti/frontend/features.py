@@ -38,7 +38,12 @@ _MUL_TAGS = ("mul", "div")
 
 
 def kernels_frame(kernels: Sequence[Kernel]) -> pd.DataFrame:
-    """The geometry of ONNX-derived kernels, in the same columns as measurement rows."""
+    """The geometry of ONNX-derived kernels, in the same columns as measurement rows.
+
+    `work_flops` / `work_bytes` (0 unless the kernel is priced analytically) carry the whole
+    kernel's work where its geometry cannot express it (a transposed or 3-D conv, an attention
+    MatMul, an LSTM): a value > 0 overrides the work the cost model derives from the geometry.
+    """
     return pd.DataFrame(
         {
             "kind": [k.kind for k in kernels],
@@ -52,6 +57,8 @@ def kernels_frame(kernels: Sequence[Kernel]) -> pd.DataFrame:
             "groups": [k.groups for k in kernels],
             "fused": ["+".join(k.fused) for k in kernels],
             "batch": [k.batch for k in kernels],
+            "work_flops": [k.work_flops for k in kernels],
+            "work_bytes": [k.work_bytes for k in kernels],
         }
     )
 

@@ -9,7 +9,16 @@ Two passes:
 1. `_canonical_ops` collapses exporter idioms into the op the runtime sees (PyTorch exports
    hard-swish as Add/Clip/Mul/Div and swish as Mul(x, Sigmoid(x)); converters fuse them back).
    Nodes computed only from constants are folded away here too.
-2. `plan` walks the ops in order and applies fold / link / kernel / overhead / free roles.
+2. `plan` walks the ops in order and applies fold / link / kernel / analytic / free / overhead
+   roles.
+
+Every op that computes something gets a price. Ops of a measured family (a 2-D conv, an FC
+layer, a pool...) become kernels priced with that family's learned efficiency; ops with no
+measurements (ConvTranspose, 3-D conv, a MatMul of two activations, LSTM, Einsum, quantized
+convs...) become kernels of the nearest measured kind marked `priced="analytic"`, carrying
+their whole work in `work_flops` / `work_bytes` where the kind's geometry cannot express it;
+memory-bound standalone ops are overhead; only ops that move no data are free. `unsupported` is
+left for what cannot be sized: unknown ops, data-dependent ones, and ops whose shapes are unknown.
 """
 
 from __future__ import annotations
@@ -20,13 +29,28 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
-from leti.core.records import CONV_KINDS, Graph, Kernel, KernelPlan, Layer
+from leti.core.records import CONV_KINDS, Graph, Kernel, KernelPlan, Layer, Shape
+from leti.frontend.shapes import RNN_GATES, attention_sizes, numel, rnn_sizes
+
+# Quantized op types. A mobile GPU runtime (TFLite GPU delegate, ncnn Vulkan) runs a quantized
+# graph in float: these keep their ONNX name in `Kernel.op_type` / `Layer.op_type` so that an
+# answer can say its price is that of the float graph.
+QUANTIZED_OPS = frozenset(
+    {
+        "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul", "QLinearAveragePool", "QLinearGlobalAveragePool",
+        "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd",
+        "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat",
+    }
+)  # fmt: skip
+_POOL_KINDS = ("pool_max", "pool_avg", "pool_global")
 
 
 @dataclass(frozen=True)
 class FusionRules:
     runtime: str
-    kernel: dict[str, str]
+    kernel: dict[str, str]  # op type -> measured kind
+    analytic: dict[str, str]  # op type without measurements -> the measured kind it borrows
     fold: frozenset[str]
     link: dict[str, str]
     link_into: frozenset[str]
@@ -46,10 +70,11 @@ def rules(runtime: str) -> FusionRules:
     return FusionRules(
         runtime=runtime,
         kernel=dict(table["kernel"]),
+        analytic={**common.get("analytic", {}), **table.get("analytic", {})},
         fold=frozenset(table["fold"]),
         link=dict(table["link"]),
         link_into=frozenset(table["link_into"]),
-        overhead=frozenset(table["overhead"]),
+        overhead=frozenset(table["overhead"]) | frozenset(common.get("overhead", ())),
         free=frozenset(common["free"]),
         link_unary_shared=bool(table.get("link_unary_shared", False)),
     )
@@ -76,6 +101,7 @@ class _Building:
     fused: list[str] = field(default_factory=list)
     depth: int = 0
     order: int = 0
+    priced: str = "measured"
 
 
 def _index(graph: Graph) -> tuple[Counter[str], set[str]]:
@@ -198,7 +224,27 @@ def _dims(shape) -> tuple[int, int, int]:
     return int(c), int(h), int(w)
 
 
+def _spatial(shape: Shape | None) -> tuple[int, int, int, int]:
+    """(C, H, W, D) of a conv or pool activation: NCHW, NCL as in `_dims`, or NCDHW as D frames
+    of H x W (the kernel record describes one frame; the frames multiply its batch)."""
+    if shape and len(shape) == 5:
+        return int(shape[1]), int(shape[3]), int(shape[4]), int(shape[2])
+    return (*_dims(shape), 1)
+
+
+def _is_global_reduce(layer: Layer) -> bool:
+    """A ReduceMean over exactly the two spatial axes of an NCHW tensor: a global average pool.
+    A reduction over the features of a token sequence (LayerNorm's mean) is an ordinary one."""
+    x = layer.input_shapes[0] if layer.input_shapes else None
+    y = layer.output_shapes[0] if layer.output_shapes else None
+    if x is None or y is None or len(x) != 4:
+        return False
+    return tuple(y[:2]) == tuple(x[:2]) and len(y) in (2, 4) and all(d == 1 for d in y[2:])
+
+
 def _kind_for(op: _Op, base: str) -> str:
+    """The kind refined from the rule's base kind; "" when this op is not such a kernel after
+    all (a ReduceMean that is no global pool, an Einsum over one operand)."""
     layer = op.main
     if base == "conv":
         c_in, _, _ = _dims(layer.input_shapes[0] if layer.input_shapes else None)
@@ -206,37 +252,120 @@ def _kind_for(op: _Op, base: str) -> str:
             return "conv"
         return "dwconv" if layer.group == c_in else "gconv"
     if base in ("pool_avg", "pool_global"):
-        if layer.op_type in ("GlobalAveragePool",):
+        if layer.op_type in ("GlobalAveragePool", "QLinearGlobalAveragePool"):
             return "pool_global"
-        _, h_out, w_out = _dims(layer.output_shapes[0] if layer.output_shapes else None)
+        if layer.op_type == "ReduceMean" and not _is_global_reduce(layer):
+            return ""
+        _, h_out, w_out, _ = _spatial(layer.output_shapes[0] if layer.output_shapes else None)
         return (
             "pool_global"
             if (h_out, w_out) == (1, 1)
             else ("pool_avg" if base == "pool_avg" else "")
         )
+    if layer.op_type == "Einsum" and len(layer.inputs) < 2:
+        return ""  # a transpose or reduction of one tensor: memory-bound, overhead
     return base
+
+
+def _priced(op: _Op, kind: str, borrowed: bool) -> str:
+    """'measured' when the op has the geometry its kind was measured in, else 'analytic'.
+
+    The measurements are of NCHW convs and pools and of FC layers (an activation times a weight).
+    A 1-D or 3-D conv or pool, a MatMul of two activations (attention's Q K^T), a MatMul with the
+    weight first or a weight vector, or a Gemm with transA share a kind's efficiency but not its
+    geometry.
+    """
+    if borrowed:
+        return "analytic"
+    layer = op.main
+    x = layer.input_shapes[0] if layer.input_shapes else None
+    if kind in CONV_KINDS or kind in _POOL_KINDS:
+        return "analytic" if x is not None and len(x) != 4 else "measured"
+    if kind == "fc":
+        a_runtime = bool(layer.inputs) and layer.inputs[0] in op.inputs
+        b = layer.input_shapes[1] if len(layer.input_shapes) > 1 else None
+        b_const = len(layer.inputs) > 1 and layer.inputs[1] not in op.inputs
+        b_const = b_const and (b is None or len(b) == 2)  # a weight matrix, not a vector
+        transposed = layer.attr("transA", 0) if layer.op_type in ("Gemm", "FusedGemm") else 0
+        if layer.op_type == "FusedMatMul":
+            transposed = layer.attr("transA", 0) or layer.attr("transB", 0)
+        return "measured" if a_runtime and b_const and not transposed else "analytic"
+    return "measured"
+
+
+def _fc_geometry(layer: Layer, priced: str) -> tuple[int, int, int]:
+    """(c_in, c_out, rows) of an fc-kind kernel: each row is a c_in vector times a c_in x c_out
+    matrix.
+
+    A recurrent layer is seq x batch rows of [x, h] (input + hidden wide) times the gates'
+    weights (gates x hidden x directions wide); an attention op is one row per query of its
+    input width; any other analytic product has the contraction size its FLOPs imply.
+    """
+    x = layer.input_shapes[0] if layer.input_shapes else None
+    y = layer.output_shapes[0] if layer.output_shapes else None
+    attrs = dict(layer.attrs)
+    if layer.op_type in RNN_GATES:
+        rnn = rnn_sizes(layer.op_type, attrs, layer.input_shapes)
+        if rnn is not None:
+            c_out = rnn.gates * rnn.hidden * rnn.dirs
+            return rnn.input + rnn.hidden, c_out, rnn.seq * rnn.batch
+    c_out = int(y[-1]) if y else 0
+    rows = _rows(y)
+    if layer.op_type in ("Attention", "MultiHeadAttention"):
+        att = attention_sizes(layer.op_type, attrs, layer.input_shapes)
+        if att is not None:
+            return att.proj_in or att.qk_dim, c_out, att.batch * att.q_len
+    if priced == "measured" or not y:
+        return (int(x[-1]) if x else 0), c_out, rows
+    return max(layer.flops // (2 * max(numel(y), 1)), 1), c_out, rows
+
+
+def _extra_bytes(layer: Layer) -> int:
+    """Traffic beyond each tensor read or written once (`Layer.bytes_moved`), x 4 bytes: an RNN
+    reads its recurrent weights again at every step, attention writes and reads its scores."""
+    attrs = dict(layer.attrs)
+    if layer.op_type in RNN_GATES:
+        rnn = rnn_sizes(layer.op_type, attrs, layer.input_shapes)
+        if rnn is not None:
+            return 4 * (rnn.seq - 1) * rnn.dirs * rnn.gates * rnn.hidden * rnn.hidden
+    if layer.op_type in ("Attention", "MultiHeadAttention"):
+        att = attention_sizes(layer.op_type, attrs, layer.input_shapes)
+        if att is not None:
+            return 4 * 2 * att.batch * att.heads * att.q_len * att.kv_len
+    return 0
+
+
+def _window(layer: Layer, rank: int) -> tuple[int, int, int]:
+    """(kernel, stride, pad) along the axis a kernel record calls H: H of a 2-D or 3-D op, the
+    length of a 1-D one (which the front end normalised to a 1 x L window)."""
+    ks, st, pd = layer.kernel_shape, layer.strides, layer.pads
+    r = len(ks)
+    axis = (r - 1 if rank == 3 else r - 2) if r >= 2 else 0
+    kernel = ks[axis] if ks else 1
+    stride = st[axis] if len(st) > axis else 1
+    pad = pd[axis] + pd[r + axis] if r >= 2 and len(pd) == 2 * r else 0
+    return int(kernel), int(stride), int(pad)
 
 
 def _make_kernel(b: _Building) -> Kernel:
     layer = b.op.main
     in_shape = layer.input_shapes[0] if layer.input_shapes else None
     out_shape = layer.output_shapes[0] if layer.output_shapes else None
-    c_in, h_in, w_in = _dims(in_shape)
-    c_out, h_out, w_out = _dims(out_shape)
-    batch = int(out_shape[0]) if out_shape and len(out_shape) > 1 else 1
+    c_in, h_in, w_in, _ = _spatial(in_shape)
+    c_out, h_out, w_out, frames = _spatial(out_shape)
+    batch = int(out_shape[0]) * frames if out_shape and len(out_shape) > 1 else 1
     if b.kind == "fc":
-        c_in = int(in_shape[-1]) if in_shape else 0
-        c_out = int(out_shape[-1]) if out_shape else 0
+        c_in, c_out, batch = _fc_geometry(layer, b.priced)
         h_in = w_in = h_out = w_out = 1
-        batch = _rows(out_shape)
-    n_inputs = len(b.op.inputs)
     if b.kind == "concat":  # the public data reports the first input's channels
         c_in = _dims(layer.input_shapes[0] if layer.input_shapes else None)[0]
-    kernel = layer.kernel_shape[0] if layer.kernel_shape else 1
+    kernel, stride, pad = _window(layer, len(in_shape) if in_shape else 4)
     if b.kind == "pool_global":
         kernel = h_in
-    stride = layer.strides[0] if layer.strides else 1
-    pad = (layer.pads[0] + layer.pads[2]) if len(layer.pads) >= 4 else 0
+    work_flops = work_bytes = 0
+    if b.priced == "analytic":
+        work_flops = int(layer.flops)
+        work_bytes = int(layer.bytes_moved) + _extra_bytes(layer)
     return Kernel(
         name=layer.name,
         kind=b.kind,
@@ -248,25 +377,37 @@ def _make_kernel(b: _Building) -> Kernel:
         h_out=h_out,
         w_out=w_out,
         c_out=c_out,
-        kernel=int(kernel),
-        stride=int(stride),
+        kernel=kernel,
+        stride=stride,
         groups=int(layer.group or 1),
-        pad=int(pad),
+        pad=pad,
         flops=int(layer.flops),
         params=int(layer.params),
         bytes_moved=int(layer.bytes_moved),
-        n_inputs=n_inputs,
+        n_inputs=len(b.op.inputs),
         fused=tuple(b.fused),
         batch=max(int(batch), 1),
+        work_flops=work_flops,
+        work_bytes=work_bytes,
+        priced=b.priced,
     )
 
 
-def _rows(shape) -> int:
+def _rows(shape: Shape | None) -> int:
     """Rows of a fully-connected output [..., N]: the product of every dim but the last."""
     rows = 1
     for d in list(shape or ())[:-1]:
         rows *= int(d)
     return rows
+
+
+def _activation_tag(layer: Layer, r: FusionRules) -> list[str]:
+    """onnxruntime's FusedConv / FusedGemm / FusedMatMul carry their activation as an attribute:
+    the same tag the runtime would record had it linked that activation."""
+    act = layer.attr("activation")
+    if not isinstance(act, str) or not act:
+        return []
+    return [r.link.get(act, act.lower())]
 
 
 def plan(graph: Graph, runtime: str) -> KernelPlan:
@@ -318,10 +459,23 @@ def plan(graph: Graph, runtime: str) -> KernelPlan:
                 target.fused.append(r.link[t])
                 producer[op.output] = target
                 continue
-        if t in r.kernel:
-            kind = _kind_for(op, r.kernel[t])
-            if kind and not (t == "MatMul" and len(op.inputs) != 1):
-                b = _Building(kind=kind, op=op, layers=names, depth=d, order=order)
+        base = r.kernel.get(t) or r.analytic.get(t)
+        if base:
+            kind = _kind_for(op, base)
+            if kind:
+                priced = _priced(op, kind, t not in r.kernel)
+                if priced == "analytic" and op.main.flops <= 0:
+                    unsupported.extend(op.layers)  # no shapes, no work: cannot be priced
+                    continue
+                b = _Building(
+                    kind=kind,
+                    op=op,
+                    layers=names,
+                    fused=_activation_tag(op.main, r),
+                    depth=d,
+                    order=order,
+                    priced=priced,
+                )
                 built.append(b)
                 producer[op.output] = b
                 continue
