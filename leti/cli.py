@@ -154,8 +154,17 @@ def _evaluate_transfer(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.transfer:
         return _evaluate_transfer(args)
-    from leti.evaluate.accuracy import evaluate_soc, measured_pairs
-    from leti.evaluate.reports import write_accuracy_report
+    import os
+
+    from leti.evaluate.accuracy import (
+        EXTRAPOLATION_RUNTIMES,
+        EvalTask,
+        available_methods,
+        evaluate_many,
+        measured_pairs,
+    )
+    from leti.evaluate.accuracy_report import write_accuracy_report
+    from leti.evaluate.nb201 import shipped_consistency
 
     t0 = time.perf_counter()
     pairs = measured_pairs(args.measurements_dir)
@@ -164,17 +173,66 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not pairs:
         which = f" for {args.runtime}" if args.runtime else ""
         raise LetiError(f"no end-to-end measurements{which}: run `leti import` first")
-    results = []
+    skip = set(args.skip or ())
+    methods = available_methods()
+    if "previous" in skip:
+        methods = methods[:1]
+    tasks = []
     for soc, runtime in pairs:
-        r = evaluate_soc(soc, runtime, args.measurements_dir)
-        s = r.scores["leti"]
-        print(
-            f"{soc:>14} {runtime:<15} ±10% {100 * s['acc10']:5.1f}%  MAPE {100 * s['mape']:5.1f}%"
-            f"  tau {s['kendall_tau']:.3f}  | FLOPs ±10% {100 * r.scores['flops']['acc10']:5.1f}%"
+        protocols = ("grouped-cv",)
+        if "extrapolation" not in skip and runtime in EXTRAPOLATION_RUNTIMES:
+            protocols += ("train-small", "train-large")
+        tasks.append(
+            EvalTask(soc, runtime, args.measurements_dir, tuple(methods), protocols, args.seed)
         )
-        results.append(r)
+    jobs = args.jobs or min(2, os.cpu_count() or 1)
+    print(
+        f"evaluating {len(tasks)} (SoC, runtime) pairs, methods {', '.join(methods)}, "
+        f"{jobs} process(es)",
+        file=sys.stderr,
+    )
+    done = {}
+    # the longest evaluations first, so that the workers finish together
+    for r in evaluate_many(sorted(tasks, key=lambda t: -len(t.protocols)), jobs):
+        cells = "  ".join(
+            f"{m} ±10% {100 * r.scores[m]['acc10']:5.1f}% cov {100 * r.cv.coverage[m]:3.0f}%"
+            for m in r.methods
+        )
+        extra = "".join(
+            f"  | {p} ±10% "
+            + "/".join(f"{100 * r.results[p].scores[m]['acc10']:.0f}%" for m in r.methods)
+            for p in r.results
+            if p != "grouped-cv"
+        )
+        print(
+            f"{r.soc:>14} {r.runtime:<15} {cells}  FLOPs ±10% "
+            f"{100 * r.scores['flops']['acc10']:5.1f}%{extra}  ({r.elapsed_s:.0f} s)",
+            file=sys.stderr,
+        )
+        done[(r.soc, r.runtime)] = r
+    results = [done[p] for p in pairs]
+    family = []
+    if "nb201" not in skip:
+        tflite = [soc for soc, runtime in pairs if runtime == "tflite-gpu"]
+        for fc in shipped_consistency(tflite, args.models_dir, args.nb201_archs, args.seed):
+            s = fc.scores()
+            g = s["graph_term_ms"]
+            print(
+                f"{fc.soc:>14} NB201 x{len(fc.archs)}: tau(total, kernel sum) {fc.tau:.3f}, "
+                f"graph term {g['min']:.2f}-{g['max']:.2f} ms ({fc.graph_stage})",
+                file=sys.stderr,
+            )
+            family.append(fc)
+    skipped = [
+        {
+            "previous": "the previous method",
+            "extrapolation": "the size-extrapolation protocols",
+            "nb201": "the NB201 family",
+        }[s]
+        for s in sorted(skip)
+    ]
     out = Path(args.out)
-    if write_accuracy_report(results, out, time.perf_counter() - t0):
+    if write_accuracy_report(results, out, time.perf_counter() - t0, family, skipped):
         print(f"wrote {out}, {out.with_suffix('.json')}, {out.with_suffix('.png')}")
     else:
         print(f"wrote {out} (no PNG: install matplotlib, `pip install leti[plot]`)")
@@ -376,10 +434,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_dir(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="grouped-CV accuracy report")
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy report: grouped CV, size extrapolation, interval coverage, NB201 family",
+    )
     p.add_argument("--runtime", default=None)
     p.add_argument("--out", default="benchmarks/accuracy.md")
     p.add_argument("--transfer", action="store_true", help="leave-one-SoC-out transfer report")
+    p.add_argument(
+        "--skip",
+        action="append",
+        choices=("previous", "extrapolation", "nb201"),
+        help="leave out a slow part: the previous method's fits, the size-extrapolation "
+        "protocols or the NB201 family (repeatable)",
+    )
+    p.add_argument(
+        "--nb201-archs",
+        type=int,
+        default=1000,
+        help="NB201 archs to price, a seeded sample of the 15,625 (default 1000)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="folds and NB201 sample (default 0)")
+    p.add_argument(
+        "--jobs", type=int, default=0, help="worker processes (default: up to 2, one per core)"
+    )
     _add_models_dir(p)
     _add_measurements_dir(p)
     p.set_defaults(func=cmd_evaluate)

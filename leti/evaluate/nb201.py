@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -261,6 +262,7 @@ class FamilyConsistency:
     soc: str
     runtime: str
     model_version: str
+    graph_stage: str  # the manifest's training.corrector: "structural", "trees", "constant"
     archs: list[str]
     totals: np.ndarray
     kernel_sums: np.ndarray
@@ -279,6 +281,7 @@ class FamilyConsistency:
     def scores(self) -> dict:
         return {
             "model_version": self.model_version,
+            "graph_stage": self.graph_stage,
             "archs": len(self.archs),
             "tau_total_kernel_sum": self.tau,
             "tau_total_flops": self.tau_flops,
@@ -301,6 +304,35 @@ def family_consistency(
     totals = np.array([p.total_ms for p in preds], float)
     sums = np.array([p.kernel_sum_ms for p in preds], float)
     flops = np.array([sum(lay.flops for lay in g.layers) for g in graphs], float)
+    stage = str(estimator.manifest.get("training", {}).get("corrector", "unknown"))
     return FamilyConsistency(
-        estimator.soc, estimator.runtime, estimator.model_version, list(archs), totals, sums, flops
+        estimator.soc,
+        estimator.runtime,
+        estimator.model_version,
+        stage,
+        list(archs),
+        totals,
+        sums,
+        flops,
     )
+
+
+def shipped_consistency(
+    socs: Sequence[str],
+    models_dir: str | Path | None = None,
+    n_archs: int = 1000,
+    seed: int = 0,
+    runtime: str = "tflite-gpu",
+) -> Iterator[FamilyConsistency]:
+    """`family_consistency` of the shipped estimator of each SoC in `socs` whose model for
+    `runtime` is measured (others are skipped), on `n_archs` archs drawn with `seed`; the
+    graphs are built once for all SoCs."""
+    archs = sample_archs(n_archs, seed)
+    graphs: list[Graph] | None = None
+    for soc in socs:
+        est = Estimator.load(soc, runtime, models_dir)
+        if est.provenance != "measured":
+            continue
+        if graphs is None:
+            graphs = build_graphs(archs)
+        yield family_consistency(est, archs, graphs)

@@ -1,0 +1,244 @@
+"""The evaluation protocols on SYNTHETIC measurements (latencies made up by a formula): splits
+by model and disjoint, size splits by FLOPs, interval coverage computed as defined, the report.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leti.evaluate import accuracy, accuracy_report, nb201
+from leti.frontend.features import kernels_frame
+from leti.frontend.fusion import plan
+from leti.frontend.graph import parse_graph
+from leti.measurements.schema import E2E_COLUMNS, KERNEL_COLUMNS
+from leti.train.fit import load_training_set
+
+SOC, RUNTIME = "snapdragon855", "tflite-gpu"
+NB201_ARCHS = [
+    "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|",
+    nb201.arch_string(["nor_conv_3x3"] * 6),
+    nb201.arch_string(["nor_conv_1x1", "skip_connect", "avg_pool_3x3"] * 2),
+    nb201.arch_string(["avg_pool_3x3", "nor_conv_3x3", "none"] * 2),
+]
+
+
+def _write_measurements(root, graphs):
+    """kernels.csv + e2e.csv in the documented schema; synthetic latencies from FLOPs."""
+    krows, erows = [], []
+    rng = np.random.default_rng(0)
+    for path in graphs:
+        p = plan(parse_graph(path), RUNTIME)
+        frame = kernels_frame(p.kernels)
+        flops = np.array([k.flops for k in p.kernels], float)
+        ms = 0.02 + flops / 2e8 * rng.uniform(0.9, 1.1, len(flops))  # synthetic
+        for i, (k, t) in enumerate(zip(p.kernels, ms, strict=True)):
+            row = dict(frame.iloc[i])
+            row.update(
+                soc=SOC,
+                runtime=RUNTIME,
+                model=path.stem,
+                source_row=i,
+                op=k.op_type,
+                w_in=k.w_in,
+                pad=k.pad,
+                flops=k.flops,
+                latency_ms=t,
+                gpu_kernel="",
+                source="synthetic",
+            )
+            krows.append(row)
+        erows.append(
+            dict(
+                soc=SOC,
+                runtime=RUNTIME,
+                model=path.stem,
+                latency_ms=1.3 * ms.sum() + 0.5,
+                std_ms=0.1,
+                flops=flops.sum(),
+                params_bytes=0,
+                graph=str(path),
+                source="synthetic",
+            )
+        )
+    folder = root / "synthetic"
+    folder.mkdir(parents=True)
+    pd.DataFrame(krows)[list(KERNEL_COLUMNS)].to_csv(folder / "kernels.csv", index=False)
+    pd.DataFrame(erows)[list(E2E_COLUMNS)].to_csv(folder / "e2e.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory, light_models):
+    """The onnx wheel's light CNNs plus a few NB201 nets: 13 graphs over a wide FLOPs range."""
+    graphs_dir = tmp_path_factory.mktemp("graphs")
+    graphs = list(light_models)
+    for i, arch in enumerate(NB201_ARCHS):
+        path = graphs_dir / f"nb201_{i}.onnx"
+        path.write_bytes(nb201.build(arch).SerializeToString())
+        graphs.append(path)
+    return _write_measurements(tmp_path_factory.mktemp("meas"), graphs)
+
+
+@pytest.fixture(scope="module")
+def ts(synthetic_root):
+    return load_training_set(SOC, RUNTIME, synthetic_root)
+
+
+@pytest.fixture(scope="module")
+def evaluation(synthetic_root):
+    """Every protocol, every method (2 grouped folds keep the test quick: 8 fits)."""
+    return accuracy.evaluate_soc(
+        SOC,
+        RUNTIME,
+        synthetic_root,
+        n_splits=2,
+        methods=accuracy.available_methods(),
+        protocols=tuple(accuracy.PROTOCOLS),
+    )
+
+
+def _flops(ts, models):
+    return accuracy.flops_of(ts, models)
+
+
+def test_methods_put_the_shipped_one_first():
+    methods = accuracy.available_methods()
+    assert methods[0] == "leti"
+    assert len(methods) == len(set(methods))
+
+
+@pytest.mark.parametrize("protocol", list(accuracy.PROTOCOLS))
+def test_splits_are_by_model_and_disjoint(ts, protocol):
+    splits = accuracy.protocol_splits(ts, protocol)
+    tested = []
+    for train, test in splits:
+        assert train and test
+        assert not set(train) & set(test)
+        assert set(train) | set(test) == set(ts.models)
+        tested += test
+    assert len(tested) == len(set(tested))
+    if protocol == "grouped-cv":
+        assert len(splits) == 5 and sorted(tested) == ts.models
+        assert len(accuracy.protocol_splits(ts, protocol, n_splits=3)) == 3
+    else:
+        assert len(splits) == 1 and len(tested) == round(0.2 * len(ts.models))
+
+
+def test_size_splits_are_by_flops(ts):
+    train, test = accuracy.size_split(ts, "largest")
+    assert _flops(ts, test).min() >= _flops(ts, train).max()
+    train, test = accuracy.size_split(ts, "smallest")
+    assert _flops(ts, test).max() <= _flops(ts, train).min()
+    n = len(ts.models)
+    assert len(test) == round(0.2 * n) == 3 and n == 13
+    # the protocols use exactly these splits
+    assert accuracy.protocol_splits(ts, "train-small") == [accuracy.size_split(ts, "largest")]
+    assert accuracy.protocol_splits(ts, "train-large") == [accuracy.size_split(ts, "smallest")]
+    with pytest.raises(ValueError):
+        accuracy.size_split(ts, "middle")
+
+
+def test_coverage_on_a_constructed_case():
+    measured = [1.0, 2.0, 3.0, 4.0, 10.0]
+    lo = [0.5, 2.5, 3.0, 5.0, 1.0]
+    hi = [1.5, 3.0, 3.0, 6.0, 9.99]
+    # 1 in [0.5, 1.5]; 2 below [2.5, 3]; 3 on both bounds; 4 below [5, 6]; 10 above 9.99
+    assert accuracy.coverage(measured, lo, hi) == pytest.approx(2 / 5)
+    assert np.isnan(accuracy.coverage([], [], []))
+
+
+def _check_predictions(ts, r, n_splits=5):
+    tested = sorted(
+        m for _, test in accuracy.protocol_splits(ts, r.protocol, n_splits) for m in test
+    )
+    assert sorted(r.predictions["model"]) == tested
+    for m in r.methods:
+        assert (r.predictions[m] > 0).all()
+        assert (r.predictions[accuracy.kernel_sum_key(m)] > 0).all()
+        lo, hi = r.predictions[f"{m}_lo"], r.predictions[f"{m}_hi"]
+        assert (lo <= r.predictions[m]).all() and (r.predictions[m] <= hi).all()
+        inside = (r.predictions["measured"] >= lo) & (r.predictions["measured"] <= hi)
+        assert r.coverage[m] == pytest.approx(inside.mean())
+    expected = {*r.methods, *(accuracy.kernel_sum_key(m) for m in r.methods), "flops"}
+    assert set(r.scores) == expected
+    assert r.scores["flops"]["n"] == len(tested)
+
+
+def test_every_protocol_predicts_its_test_models_with_every_method(ts, evaluation):
+    assert list(evaluation.results) == list(accuracy.PROTOCOLS)
+    for r in evaluation.results.values():
+        assert r.methods == accuracy.available_methods()
+        _check_predictions(ts, r, n_splits=2)
+    # the grouped-CV view stays what `leti fit` records
+    assert evaluation.scores is evaluation.results["grouped-cv"].scores
+    assert evaluation.predictions.groupby("model")["fold"].nunique().max() == 1
+    small = evaluation.results["train-small"]
+    assert sorted(small.predictions["model"]) == accuracy.size_split(ts, "largest")[1]
+    assert small.train_sizes == [len(ts.models) - 3]
+    assert evaluation.results["grouped-cv"].train_sizes in ([6, 7], [7, 6])
+
+
+def test_the_interval_is_the_pipelines_quantiles(evaluation):
+    p = evaluation.predictions
+    for m in evaluation.methods:
+        ratio_lo = p[f"{m}_lo"] / p[m]
+        ratio_hi = p[f"{m}_hi"] / p[m]
+        # one multiplier per fold (a pipeline's log_interval), below and above 1
+        for _, fold in ratio_lo.groupby(p["fold"]):
+            assert np.allclose(fold, fold.iloc[0], rtol=1e-9)
+        for _, fold in ratio_hi.groupby(p["fold"]):
+            assert np.allclose(fold, fold.iloc[0], rtol=1e-9)
+        assert (ratio_lo <= 1).all() and (ratio_hi >= 1).all()
+
+
+def _half_exact_interval(pipe, ts, models):
+    """The measured time itself for the first half of the models, a band above it for the
+    rest: coverage must be the first half's share."""
+    t = ts.e2e.loc[list(models), "latency_ms"].to_numpy(float)
+    half = len(t) // 2
+    lo = np.concatenate([t[:half], t[half:] * 1.01])
+    hi = np.concatenate([t[:half], t[half:] * 2])
+    return lo, hi
+
+
+def test_a_per_graph_interval_plugs_in(ts):
+    r = accuracy.evaluate_protocol(ts, "train-small", interval_fn=_half_exact_interval)
+    assert r.coverage == {"leti": pytest.approx(1 / 3)}  # 3 test models: 1 exact, 2 above
+
+
+def test_tasks_travel_to_worker_processes():
+    task = accuracy.EvalTask(SOC, RUNTIME, None, ("leti",), ("grouped-cv",))
+    assert pickle.loads(pickle.dumps(task)) == task
+    assert pickle.loads(pickle.dumps(accuracy.pipeline_intervals)) is accuracy.pipeline_intervals
+
+
+def test_report_has_one_section_per_protocol_and_the_bars(tmp_path, evaluation):
+    archs = NB201_ARCHS[:3]
+    from leti.predict.estimator import Estimator
+
+    fc = nb201.family_consistency(Estimator.load(SOC), archs, nb201.build_graphs(archs))
+    out = tmp_path / "accuracy.md"
+    accuracy_report.write_accuracy_report([evaluation], out, 1.0, [fc], ["nothing"])
+    assert out.with_suffix(".png").is_file() or not accuracy_report.plot_png([evaluation], out)
+    md = out.read_text()
+    for heading in (
+        "## Bars",
+        "## 1. Grouped 5-fold cross-validation",
+        "## 2. Train-small/test-large",
+        "## 3. Train-large/test-small",
+        "## 4. Interval coverage",
+        "## 5. NAS-Bench-201 family consistency",
+    ):
+        assert heading in md
+    assert "≥ 86%" in md and "≥ 0.95" in md and "85–95%" in md
+    assert "committed 2026-11-21" in md and "84.1%" in md  # snapdragon855's old ±10%
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert set(accuracy.PROTOCOLS) <= set(doc) and "nb201" in doc and doc["bars"]
+    key = f"{SOC}/{RUNTIME}"
+    assert doc["grouped-cv"][key]["coverage"].keys() == set(evaluation.methods)
+    assert len(doc["train-small"][key]["test_models"]) == 3
