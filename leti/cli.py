@@ -322,8 +322,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         + (f", profile {base['profile']}" if base["profile"] else "")
         + ")"
     )
+    off = doc.get("offset_map") if doc.get("form") == "offset" else None
+    if off:
+        mapped = f"t = {off['scale']:.4f} t_base {off['offset_ms']:+.3f} ms"
+    else:
+        mapped = f"log t = {doc['a']:+.4f} + {doc['b']:.4f} log t_base"
+    sel = doc.get("form_selection")
+    if sel:
+        mse = sel["loo_mse"]
+        print(
+            f"  form {sel['chosen']} (leave-one-out RMS log residual: log-affine "
+            f"{math.sqrt(mse['log_affine']):.3f}, offset {math.sqrt(mse['offset']):.3f}; "
+            f"the offset form needs < {sel['gain']} x the log-affine mean square)"
+        )
     print(
-        f"  log t = {doc['a']:+.4f} + {doc['b']:.4f} log t_base; leave-one-out RMS "
+        f"  {mapped}; leave-one-out RMS "
         f"{100 * (math.exp(doc['loo_rms_log_residual']) - 1):.1f}%; interval "
         f"{100 * (math.exp(lo) - 1):+.0f}% / {100 * (math.exp(hi) - 1):+.0f}%"
     )

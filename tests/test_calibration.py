@@ -1,5 +1,6 @@
-"""Few-shot calibration: timings validation, the fit and its prior, persistence, and the
-calibrate -> predict round trip through the CLI, `Estimator.load` and the service."""
+"""Few-shot calibration: timings validation, the fit and its prior, the choice between the
+log-affine and the offset form, persistence, and the calibrate -> predict round trip through
+the CLI, `Estimator.load` and the service."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import pytest
 
 from leti.cli import main as cli_main
 from leti.core.errors import CalibrationError
+from leti.models.calibration import OFFSET_FLOOR, CalibrationMap
 from leti.predict import registry
 from leti.predict.estimator import Estimator, uncalibrated_base
 from leti.predict.registry import available
 from leti.train import calibrate as calibration
-from leti.train.calibrate import fit_log_affine, select_and_fit
+from leti.train.calibrate import choose_form, fit_log_affine, fit_offset, select_and_fit
 from leti.train.timings import read_timings
 from tests.test_transfer import build_synthetic_transfer
 
 GRAPHS = ("squeezenet", "shufflenet", "bvlc_alexnet", "inception_v1", "resnet50")
+#: More small graphs of the same onnx test set, held out of the offset-form calibrations.
+MORE_GRAPHS = ("inception_v2", "densenet121", "zfnet512")
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +176,75 @@ def test_profile_replaces_own_base_only_when_clearly_better():
 
 
 # --------------------------------------------------------------------------------------------
+# the offset form
+
+
+def overhead(base: np.ndarray) -> np.ndarray:
+    """A setup that pays a fixed 1.8 ms an inference on top of 0.99x the base (the gap between
+    two published NB201 datasets on the same Adreno 640)."""
+    return 1.8 + 0.99 * np.asarray(base, float)
+
+
+def test_offset_form_recovers_a_fixed_overhead():
+    base = np.array([1.5, 2.2, 6.0, 7.8, 11.8, 13.8])
+    la = fit_log_affine(base, overhead(base))
+    kept, off = choose_form(base, overhead(base), la)
+    assert kept is off and kept.form == "offset"
+    assert off.scale == pytest.approx(0.99, rel=0.02)
+    assert off.offset_ms == pytest.approx(1.8, rel=0.05)
+    assert off.loo_mse < 0.01 * la.loo_mse
+    # the interval is still the pooled leave-one-out one: never narrower than the prior's
+    lo, hi = off.interval
+    assert lo < 0 < hi and hi - lo < la.interval[1] - la.interval[0]
+    # select_and_fit picks the base first, then the form on it
+    name, fit = select_and_fit({"own": base}, overhead(base))
+    assert name == "own" and fit.form == "offset"
+    assert select_and_fit({"own": base}, overhead(base), offset_gain=None)[1].form == "log_affine"
+
+
+def test_negative_offset_is_bounded_and_every_answer_is_positive():
+    """A setup faster than the base by a fixed amount: c < 0, but never below
+    -(1 - OFFSET_FLOOR) * s * the smallest timed base, and no answer reaches 0."""
+    base = np.array([3.0, 4.0, 6.0, 9.0, 12.0])
+    off = fit_offset(base, 0.9 * base - 2.0)  # the truth would make the 3 ms graph 0.7 ms
+    assert off.offset_ms < 0
+    assert off.offset_ms >= -(1 - OFFSET_FLOOR) * off.scale * base.min() - 1e-9
+    tiny = np.array([1e-9, 1e-3, 0.5, 2.9, base.min()])
+    answers = off.apply(tiny)
+    assert (answers > 0).all()
+    np.testing.assert_allclose(answers[:3], OFFSET_FLOOR * off.scale * tiny[:3])
+    # the estimator's map is the same function
+    cmap = CalibrationMap(0.0, 1.0, (-0.1, 0.1), form="offset", scale=off.scale,
+                          offset_ms=off.offset_ms)  # fmt: skip
+    np.testing.assert_allclose(cmap.apply(tiny), answers)
+
+
+def test_pure_scale_keeps_the_log_affine_map():
+    base = np.array([3.0, 10.0, 40.0, 7.0, 120.0])
+    assert choose_form(base, 2.5 * base, fit_log_affine(base, 2.5 * base))[0].form == "log_affine"
+    rng = np.random.default_rng(3)
+    switched = 0
+    for _ in range(200):  # noisy timings that are a scale: the margin rarely lets them switch
+        b = np.exp(rng.uniform(np.log(2), np.log(200), 5))
+        y = 2.5 * b * np.exp(rng.normal(0, 0.08, 5))
+        switched += select_and_fit({"own": b}, y)[1].form == "offset"
+    assert switched < 0.1 * 200
+
+
+def test_scale_shrinks_towards_the_log_affine_scale_with_few_timings():
+    """Graphs of one size cannot tell a scale from an offset: s stays near the log-affine
+    scale and the offset takes up the rest; a spread of sizes frees s."""
+    narrow = np.array([10.0, 10.5, 11.0])
+    la = fit_log_affine(narrow, overhead(narrow))
+    s0 = float(np.exp(la.a + (la.b - 1) * np.log(narrow).mean()))
+    off = fit_offset(narrow, overhead(narrow))
+    assert abs(off.scale - s0) < abs(0.99 - s0) / 2
+    np.testing.assert_allclose(off.apply(narrow), overhead(narrow), rtol=0.01)
+    wide = np.exp(np.linspace(np.log(1.5), np.log(14), 12))
+    assert fit_offset(wide, overhead(wide)).scale == pytest.approx(0.99, rel=0.02)
+
+
+# --------------------------------------------------------------------------------------------
 # round trips
 
 
@@ -195,6 +268,8 @@ def test_cli_calibrate_then_predict_ncnn(tmp_path, light_dir, models, capsys):
     assert doc["k"] == 4 and doc["base"]["runtime"] == "tflite-gpu"
     assert doc["base"]["provenance"] == "transfer" and doc["base"]["profile"] is None
     assert doc["a"] == pytest.approx(np.log(2.5), abs=1e-6) and doc["b"] == pytest.approx(1.0)
+    assert doc["form"] == "log_affine" and doc["offset_map"] is None
+    assert doc["form_selection"]["chosen"] == "log_affine" and "form log_affine" in out
     assert len(doc["timings_sha256"]) == 64 and len(doc["residuals"]) == 4
     assert [r["reason"] for r in doc["rejected"]] == ["missing_file"]
 
@@ -332,3 +407,76 @@ def test_measured_base_calibration(tmp_path, light_dir, models):
     listed = {(a["soc"], a["runtime"]): a["provenance"] for a in available(models)}
     assert listed[("snapdragon855", "tflite-gpu")] == "calibrated"
     assert listed[("snapdragon855", "ncnn-vulkan")] == "calibrated"
+
+
+def test_offset_calibration_round_trip(tmp_path, light_dir, models, capsys):
+    """Timings 1.8 ms + 0.99x the base on small graphs: the offset form is chosen, stored and
+    applied by `leti predict` and the service; held-out graphs land within a few % where the
+    log-affine map is off by far more; a document without the new keys loads as log-affine."""
+    from leti.service.app import create_app
+
+    soc, runtime = "kirin9000", "tflite-gpu"
+    cal = [light(light_dir, g) for g in ("squeezenet", "inception_v1", "bvlc_alexnet", "resnet50")]
+    held = [light(light_dir, g) for g in ("shufflenet", *MORE_GRAPHS)]
+    csv = write_csv(
+        tmp_path / "t.csv",
+        [
+            (str(g), repr(float(t)))
+            for g, t in zip(cal, overhead(base_totals(models, soc, runtime, cal)), strict=True)
+        ],
+    )
+    rc = cli_main(
+        ["calibrate", "--soc", soc, "--runtime", runtime, "--measurements", str(csv)]
+        + ["--models-dir", str(models)]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "form offset" in out and "ms;" in out
+    path = models / soc / runtime / "calibration.json"
+    doc = json.loads(path.read_text())
+    assert doc["form"] == "offset" and doc["form_selection"]["chosen"] == "offset"
+    sel = doc["form_selection"]["loo_mse"]
+    assert sel["offset"] < calibration.OFFSET_GAIN * sel["log_affine"]
+    assert doc["offset_map"]["scale"] == pytest.approx(0.99, rel=0.03)
+    assert doc["offset_map"]["offset_ms"] == pytest.approx(1.8, rel=0.08)
+    assert doc["map"].startswith("total_ms = scale * base_total_ms + offset_ms")
+    for r in doc["residuals"]:
+        assert r["calibrated_ms"] == pytest.approx(r["measured_ms"], rel=0.02)
+
+    base = base_totals(models, soc, runtime, held)
+    truth = overhead(base)
+    log_affine = np.exp(doc["a"] + doc["b"] * np.log(base))
+    preds = []
+    for g in held:
+        rc = cli_main(
+            ["predict", str(g), "--soc", soc, "--runtime", runtime, "--json"]
+            + ["--models-dir", str(models)]
+        )
+        assert rc == 0
+        pred = json.loads(capsys.readouterr().out)
+        assert pred["provenance"] == "calibrated"
+        assert pred["interval_ms"][0] < pred["total_ms"] < pred["interval_ms"][1]
+        preds.append(pred["total_ms"])
+    err = np.abs(np.array(preds) / truth - 1)
+    la_err = np.abs(log_affine / truth - 1)
+    assert err.max() < 0.03
+    assert la_err.max() > 0.1 and la_err.max() > 4 * err.max()
+
+    client = create_app({"MODELS_DIR": str(models), "TESTING": True}).test_client()
+    r = client.post(
+        f"/predict?soc={soc}&runtime={runtime}",
+        data=held[0].read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json()["provenance"] == "calibrated"
+    assert r.get_json()["total_ms"] == pytest.approx(preds[0], rel=1e-6)
+
+    # documents written before the offset form (no `form`, `offset_map`, `form_selection`)
+    # answer with the log-affine map, as they always did; so does an unknown form
+    for edit in ({}, {"form": "spline"}):
+        old = {k: v for k, v in doc.items() if k not in ("form", "offset_map", "form_selection")}
+        path.write_text(json.dumps({**old, **edit}))
+        est = Estimator.load(soc, runtime, models)
+        assert est.provenance == "calibrated"
+        assert est.predict(held[0]).total_ms == pytest.approx(log_affine[0], rel=1e-6)

@@ -5,9 +5,10 @@ Two protocols, both written to benchmarks/transfer.md (+ .json) by `leti.evaluat
 1. Leave-one-SoC-out over the measured tflite-gpu SoCs. The held-out SoC is never seen, and
    its test models are never seen on any SoC (grouped model folds): `transfer.loso_zero_shot`.
    Zero-shot = the transfer pipeline with the SoC's descriptors. Calibrated = the shipped
-   `leti.train.calibrate.fit_log_affine` fitted on k timings of the same SoC drawn from the
-   fold's *other* models (calibration and test models are disjoint), repeated over
-   `DRAWS` random draws; metrics are the mean over draws of metrics over all held-out models.
+   `leti.train.calibrate.select_and_fit` (base, then log-affine or offset form) fitted on k
+   timings of the same SoC drawn from the fold's *other* models (calibration and test models
+   are disjoint), repeated over `DRAWS` random draws; metrics are the mean over draws of
+   metrics over all held-out models.
 2. ncnn-vulkan on the mobile GPUs of the ncnn benchmark (`leti.measurements.ncnn_benchmark`).
    The base is the transfer pipeline trained on all measured SoCs, given the GPU's approximate
    descriptors (`data/ncnn_gpus.json`) and the ncnn-vulkan fusion rules. Each GPU's models are
@@ -81,7 +82,8 @@ class CalibratedRun:
     coverage: float  # share of test timings inside the calibrated 90% interval
     log_residuals: np.ndarray  # log(measured / calibrated) over every draw
     picks: dict[str, float]  # which base the calibrations kept, share of fits
-    log_affine: dict[str, float] | None = None  # cross-runtime: the log-affine half alone
+    log_affine: dict[str, float] | None = None  # cross-runtime: the map half alone
+    forms: dict[str, float] | None = None  # which map form the calibrations kept, share of fits
 
 
 def _pick_share(picks: Sequence[str]) -> dict[str, float]:
@@ -95,7 +97,7 @@ def _calibrate_predict(cal: pd.DataFrame, test: pd.DataFrame, prior_sd: float):
     cols = ["transfer", *(c for c in cal.columns if c.startswith("profile:"))]
     cands = {c: cal[c].to_numpy(float) for c in cols if np.isfinite(cal[c].to_numpy(float)).all()}
     name, fit = calibration.select_and_fit(cands, cal["measured"].to_numpy(float), prior_sd)
-    return fit.apply(test[name].to_numpy(float)), fit.interval, name
+    return fit.apply(test[name].to_numpy(float)), fit.interval, name, fit.form
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +109,7 @@ def loso_calibrated(
 ) -> dict[str, CalibratedRun]:
     out = {}
     for s, g in loso.groupby("soc"):
-        runs, fl_runs, inside, resid, picks = [], [], [], [], []
+        runs, fl_runs, inside, resid, picks, forms = [], [], [], [], [], []
         for r in range(DRAWS):
             rng = np.random.default_rng([SEED, r, k, *map(ord, s)])
             pred, meas, fpred = [], [], []
@@ -115,8 +117,9 @@ def loso_calibrated(
                 pool = gf[~gf["test"]]
                 cal = pool.iloc[rng.choice(len(pool), size=k, replace=False)]
                 test = gf[gf["test"]]
-                p, (lo, hi), pick = _calibrate_predict(cal, test, prior_sd)
+                p, (lo, hi), pick, form = _calibrate_predict(cal, test, prior_sd)
                 picks.append(pick)
+                forms.append(form)
                 pred.extend(p)
                 meas.extend(test["measured"])
                 coef = fit_flops_baseline(
@@ -134,6 +137,7 @@ def loso_calibrated(
             float(np.mean(inside)),
             np.array(resid),
             _pick_share(picks),
+            forms=_pick_share(forms),
         )
     return out
 
@@ -259,7 +263,7 @@ def _calibrate_cross(
     prior_sd: float,
 ):
     """The shipped cross-runtime calibration on rows `cal`, applied to rows `test`:
-    (calibrated, interval, base kept, log-affine half alone)."""
+    (calibrated, interval, base kept, map half alone, its form)."""
     f = tb.frame
     y = f["measured"].to_numpy(float)[cal]
     cols = ["transfer", *(c for c in f.columns if c.startswith("profile:"))]
@@ -268,9 +272,10 @@ def _calibrate_cross(
     name, la = calibration.select_and_fit(cands, y, prior_sd)
     base = f[name].to_numpy(float)
     fit = calibration.fit_cross_runtime(
-        base[cal], tb.terms[name][cal], y, prior, prior_sd, log_affine=la
+        base[cal], tb.terms[name][cal], y, prior, prior_sd, map_fit=la
     )
-    return fit.apply(base[test], tb.terms[name][test]), fit.interval, name, la.apply(base[test])
+    test_terms = tb.terms[name][test]
+    return fit.apply(base[test], test_terms), fit.interval, name, la.apply(base[test]), la.form
 
 
 def ncnn_calibrated(
@@ -285,7 +290,7 @@ def ncnn_calibrated(
         return None
     y = f["measured"].to_numpy(float)
     flops = f["flops"].to_numpy(float)
-    runs, la_runs, fl_runs, inside, resid, picks = [], [], [], [], [], []
+    runs, la_runs, fl_runs, inside, resid, picks, forms = [], [], [], [], [], [], []
     for r in range(DRAWS):
         pred, la_pred, fpred = np.empty(n), np.empty(n), np.empty(n)
         for i in range(NCNN_FOLDS):
@@ -293,9 +298,10 @@ def ncnn_calibrated(
             pool = np.flatnonzero(fold != i)
             rng = np.random.default_rng([SEED, r, k, i, *map(ord, tb.target.gpu.id)])
             cal = rng.choice(pool, size=k, replace=False)
-            p, (lo, hi), pick, lp = _calibrate_cross(tb, cal, test, priors[i], prior_sd)
+            p, (lo, hi), pick, lp, form = _calibrate_cross(tb, cal, test, priors[i], prior_sd)
             pred[test], la_pred[test] = p, lp
             picks.append(pick)
+            forms.append(form)
             coef = fit_flops_baseline(flops[cal], y[cal])
             fpred[test] = flops_baseline_predict(coef, flops[test])
             lr = np.log(y[test] / p)
@@ -311,6 +317,7 @@ def ncnn_calibrated(
         np.array(resid),
         _pick_share(picks),
         log_affine=mean_metrics(la_runs),
+        forms=_pick_share(forms),
     )
 
 
@@ -412,6 +419,7 @@ class TransferReport:
                             "flops": self.calibrated[k][s].flops,
                             "coverage90": self.calibrated[k][s].coverage,
                             "bases_kept": self.calibrated[k][s].picks,
+                            "forms_kept": self.calibrated[k][s].forms,
                         }
                         for k in KS
                     },
@@ -429,7 +437,8 @@ class TransferReport:
                             "flops": c.flops,
                             "coverage90": c.coverage,
                             "bases_kept": c.picks,
-                            "log_affine_alone": c.log_affine,
+                            "log_affine_alone": c.log_affine,  # the map half, either form
+                            "forms_kept": c.forms,
                         }
                         for k, c in r.calibrated.items()
                     },

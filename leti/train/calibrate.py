@@ -1,9 +1,11 @@
 """Few-shot calibration from end-to-end timings (issue 4).
 
 A user who can time a handful of whole models on a device, but cannot profile its layers,
-fits a small correction on top of the estimator we already have for that SoC:
+fits a small correction on top of the estimator we already have for that SoC, in one of two
+forms (`leti.models.calibration`):
 
-    log t = a + b * log t_base
+    log_affine:  log t = a + b * log t_base
+    offset:      t = s * t_base + c          (c may be negative, bounded; see OFFSET_FLOOR)
 
 where t_base is the base estimator's end-to-end prediction. The base is the SoC's measured
 model for the runtime, else its transfer model; for runtimes without per-kernel data (e.g.
@@ -21,18 +23,29 @@ priced with one of the measured SoCs' descriptors (a "profile": e.g. a new Mali 
 behaves like the Exynos 9820 rather than like its spec sheet). A profile replaces the own base
 only when its leave-one-out error on the timings is below `PROFILE_GAIN` x the own base's.
 
-Fit: the offset `a` is free; the slope is ridge-regressed towards 1 (prior b = 1,
+Fit: the intercept `a` is free; the slope is ridge-regressed towards 1 (prior b = 1,
 `SLOPE_PRIOR` = lambda on (b - 1)), so with k = 3 timings the map is essentially a scale and
-it only tilts once the timings span enough range to say so. Interval: leave-one-out residuals
-of the fit, pooled with a prior residual scale (`PRIOR_WEIGHT` pseudo-observations of the
-error that calibration at this k left on held-out SoCs, from `leti evaluate --transfer`) and
-widened by Student's t with the matching degrees of freedom, so that k = 3 gives a wide
-interval rather than an over-confident one.
+it only tilts once the timings span enough range to say so.
+
+Which form: setups can differ by a fixed per-inference overhead (two published datasets of
+the same NAS-Bench-201 archs on the same Adreno 640 differ by ~1.8 ms + 0.99x), which a
+log-affine map cannot express for small graphs where the overhead is a large share. The
+offset form is fitted on relative error with s ridge-shrunk towards the log-affine fit's
+scale (`SCALE_PRIOR`) and c bounded below so that every answer stays positive; it replaces the
+log-affine map only when its leave-one-out error on the timings is below `OFFSET_GAIN` x the
+log-affine map's (`choose_form`), on the base already chosen. Stored as `form` (+
+`offset_map`); `a`, `b` always hold the log-affine fit.
+
+Interval (either form): leave-one-out residuals of the fit, pooled with a prior residual
+scale (`PRIOR_WEIGHT` pseudo-observations of the error that calibration at this k left on
+held-out SoCs, from `leti evaluate --transfer`) and widened by Student's t with the matching
+degrees of freedom, so that k = 3 gives a wide interval rather than an over-confident one.
 
 Cross-runtime calibrations (ncnn-vulkan) also fit per-kernel-class scales on the same base,
 with a prior learned across the GPUs of the runtime's public benchmark (`leti.models.class_scales`,
 stored in the transfer manifest under `class_priors`), and answer the geometric mean of the two
-fits; the interval then comes from the leave-one-out residuals of that mean.
+fits (the map half in the form chosen above); the interval then comes from the leave-one-out
+residuals of that mean.
 
 Persistence: `<models_dir>/<soc>/<runtime>/calibration.json` (atomic) with k, the timings'
 hash, every accepted row with its fitted and leave-one-out residual, and every rejected row
@@ -48,7 +61,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,7 +70,14 @@ from leti.core.errors import CalibrationError, LetiError, ModelNotFoundError
 from leti.core.store import atomic_write_json
 from leti.core.store import models_dir as resolve_models_dir
 from leti.models import class_scales
-from leti.models.calibration import log_affine, with_class_scales
+from leti.models.calibration import (
+    LOG_AFFINE,
+    OFFSET,
+    OFFSET_FLOOR,
+    log_affine,
+    offset_affine,
+    with_class_scales,
+)
 from leti.models.transfer import TRANSFER_RUNTIMES
 from leti.predict.estimator import Estimator, uncalibrated_base
 from leti.predict.registry import (
@@ -80,6 +100,24 @@ SLOPE_PRIOR = 0.3
 #: A transfer profile replaces the SoC's own base only when its leave-one-out mean squared
 #: log residual on the timings is below this share of the own base's.
 PROFILE_GAIN = 0.6
+#: Ridge penalty on (s / s0 - 1) in the offset form, s0 being the log-affine fit's scale at
+#: the timings, against the fit's squared relative residuals: moving s 10% away from s0 costs
+#: as much as a 2.2% residual on one timing. The timings move s only as far as they can tell a
+#: scale from an offset: on graphs of similar size (whose offset share barely varies) s stays
+#: near s0 and c takes up the difference; a spread of small and large graphs frees s. On
+#: simulated NB201-like timings (1.8 ms + 0.99x on 1.5-12 ms bases, 5% noise) 0.01 and 0.05
+#: behave alike and 0.2 holds s so tight at k = 3 that the offset form rarely pays off.
+SCALE_PRIOR = 0.05
+#: The offset form replaces the log-affine map only when its leave-one-out mean squared log
+#: residual on the timings is below this share of the log-affine map's. Leave-one-out error
+#: already charges a form for fitting noise, but on k = 3-10 timings it is itself noisy: on
+#: simulated timings that are a pure scale (plus 5-12% noise) the offset form wins the raw
+#: comparison in 20-38% of the draws and then costs accuracy (more where the true map is a
+#: power law, slope 0.9, over a wide range). With this margin it switches in <= 12% of the
+#: draws at k = 3, <= 5% at k = 5 and ~0 at k = 10, while timings with a real offset (NB201
+#: cells: ~1.8 ms on 2-10 ms graphs) still switch in about half the draws and gain where they
+#: do. The same value as PROFILE_GAIN, for the same reason.
+OFFSET_GAIN = 0.6
 #: Pseudo-observations given to the prior residual scale when sizing the interval.
 PRIOR_WEIGHT = 3.0
 COVERAGE = 0.9
@@ -101,9 +139,39 @@ class LogAffine:
     loo_residuals: np.ndarray  # the same, each from a fit without that timing
     sd: float  # pooled residual scale behind the interval
     interval: tuple[float, float]  # log quantiles around the calibrated total
+    form: ClassVar[str] = LOG_AFFINE
 
     def apply(self, base_ms: np.ndarray | float) -> np.ndarray:
         return log_affine(base_ms, self.a, self.b)
+
+    @property
+    def loo_mse(self) -> float:
+        return float(np.mean(self.loo_residuals**2))
+
+
+@dataclass(frozen=True)
+class OffsetAffine:
+    """t = s * t_base + c (floored at OFFSET_FLOOR * s * t_base), fitted beside `log_affine`."""
+
+    scale: float
+    offset_ms: float
+    log_affine: LogAffine  # the log-affine fit on the same timings: the scale's prior, the rival
+    residuals: np.ndarray
+    loo_residuals: np.ndarray
+    sd: float
+    interval: tuple[float, float]
+    floor: float = OFFSET_FLOOR
+    form: ClassVar[str] = OFFSET
+
+    def apply(self, base_ms: np.ndarray | float) -> np.ndarray:
+        return offset_affine(base_ms, self.scale, self.offset_ms, self.floor)
+
+    @property
+    def loo_mse(self) -> float:
+        return float(np.mean(self.loo_residuals**2))
+
+
+MapFit = LogAffine | OffsetAffine
 
 
 def _ab(x: np.ndarray, y: np.ndarray, slope_prior: float) -> tuple[float, float]:
@@ -148,6 +216,92 @@ def fit_log_affine(
     return LogAffine(a, b, resid, loo, sd, interval)
 
 
+def _box_lsq(m: np.ndarray, t: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """argmin ||m p - t||^2 over p >= lower, for two parameters (closed form: the free
+    optimum if it is feasible, else the best point of the two boundary rays)."""
+    p = np.linalg.lstsq(m, t, rcond=None)[0]
+    if (p >= lower).all():
+        return p
+    best, best_obj = lower.copy(), math.inf
+    for j in (0, 1):  # p[j] held at its bound, the other parameter free above its own
+        o = 1 - j
+        q = lower.copy()
+        col = m[:, o]
+        q[o] = max(lower[o], float(col @ (t - m[:, j] * lower[j])) / float(col @ col))
+        obj = float(np.sum((m @ q - t) ** 2))
+        if obj < best_obj:
+            best, best_obj = q, obj
+    return best
+
+
+def _sc(
+    base: np.ndarray, y: np.ndarray, s0: float, scale_prior: float, floor: float = OFFSET_FLOOR
+) -> tuple[float, float]:
+    """Scale and offset minimising sum ((s b + c) / y - 1)^2 + lambda (s / s0 - 1)^2 subject
+    to s > 0 and c >= -(1 - floor) * s * min(b): the fit is solved as t = s (b - shift) + d
+    with d >= 0, so both bounds are boxes."""
+    shift = (1 - floor) * float(base.min())
+    m = np.column_stack([(base - shift) / y, 1 / y])
+    t = np.ones(len(y))
+    if scale_prior > 0:
+        m = np.vstack([m, [math.sqrt(scale_prior) / s0, 0.0]])
+        t = np.append(t, math.sqrt(scale_prior))
+    s, d = _box_lsq(m, t, np.array([1e-3 * s0, 0.0]))
+    return float(s), float(d - shift * s)
+
+
+def _la_scale(a: float, b: float, x: np.ndarray) -> float:
+    """The log-affine map's scale at the timings: the geometric mean of t / t_base."""
+    return math.exp(a + (b - 1) * float(x.mean()))
+
+
+def fit_offset(
+    base_ms: Sequence[float],
+    measured_ms: Sequence[float],
+    slope_prior: float | None = None,
+    scale_prior: float | None = None,
+    prior_sd: float = DEFAULT_PRIOR_SD,
+    prior_weight: float = PRIOR_WEIGHT,
+    coverage: float = COVERAGE,
+    log_affine: LogAffine | None = None,
+) -> OffsetAffine:
+    """The offset form t = s * t_base + c on relative error, s shrunk towards the log-affine
+    fit's scale at the timings (`SCALE_PRIOR`); its interval as `fit_log_affine`'s, from its
+    own leave-one-out residuals (each left-out timing predicted by both fits redone without
+    it)."""
+    slope_prior = SLOPE_PRIOR if slope_prior is None else slope_prior
+    scale_prior = SCALE_PRIOR if scale_prior is None else scale_prior
+    base = np.asarray(base_ms, float)
+    y = np.asarray(measured_ms, float)
+    la = log_affine or fit_log_affine(base, y, slope_prior, prior_sd, prior_weight, coverage)
+    x, ly = np.log(base), np.log(y)
+    s, c = _sc(base, y, _la_scale(la.a, la.b, x), scale_prior)
+    resid = ly - np.log(offset_affine(base, s, c))
+    k = len(y)
+    loo = np.empty(k)
+    for i in range(k):
+        keep = np.arange(k) != i
+        ai, bi = _ab(x[keep], ly[keep], slope_prior)
+        si, ci = _sc(base[keep], y[keep], _la_scale(ai, bi, x[keep]), scale_prior)
+        loo[i] = ly[i] - math.log(float(offset_affine(base[i], si, ci)))
+    sd, interval = _interval(loo, prior_sd, prior_weight, coverage)
+    return OffsetAffine(s, c, la, resid, loo, sd, interval)
+
+
+def choose_form(
+    base_ms: Sequence[float],
+    measured_ms: Sequence[float],
+    la: LogAffine,
+    prior_sd: float = DEFAULT_PRIOR_SD,
+    gain: float = OFFSET_GAIN,
+    slope_prior: float | None = None,
+) -> tuple[MapFit, OffsetAffine]:
+    """(the form kept, the offset fit): the offset form replaces the log-affine map `la` only
+    when its leave-one-out mean squared log residual is below `gain` times `la`'s."""
+    off = fit_offset(base_ms, measured_ms, slope_prior, prior_sd=prior_sd, log_affine=la)
+    return (off if off.loo_mse < gain * la.loo_mse else la), off
+
+
 def _interval(
     loo: np.ndarray, prior_sd: float, prior_weight: float = PRIOR_WEIGHT, coverage: float = COVERAGE
 ) -> tuple[float, tuple[float, float]]:
@@ -161,18 +315,23 @@ def _interval(
 
 @dataclass(frozen=True)
 class CrossRuntimeFit:
-    """A cross-runtime calibration: the geometric mean of a log-affine map of the base's
-    kernel sum and of per-kernel-class scales (`leti.models.class_scales`) on the same base."""
+    """A cross-runtime calibration: the geometric mean of a map of the base's kernel sum (the
+    log-affine or the offset form) and of per-kernel-class scales (`leti.models.class_scales`)
+    on the same base."""
 
-    log_affine: LogAffine
+    map_fit: MapFit
     log_weights: np.ndarray
     residuals: np.ndarray  # log(measured / calibrated), in sample
     loo_residuals: np.ndarray
     sd: float
     interval: tuple[float, float]
 
+    @property
+    def form(self) -> str:
+        return self.map_fit.form
+
     def apply(self, base_ms: np.ndarray | float, terms: np.ndarray) -> np.ndarray:
-        return with_class_scales(self.log_affine.apply(base_ms), terms, self.log_weights)
+        return with_class_scales(self.map_fit.apply(base_ms), terms, self.log_weights)
 
 
 def fit_cross_runtime(
@@ -181,17 +340,18 @@ def fit_cross_runtime(
     measured_ms: Sequence[float],
     prior: class_scales.ClassPrior,
     prior_sd: float = DEFAULT_PRIOR_SD,
-    log_affine: LogAffine | None = None,
+    map_fit: MapFit | None = None,
 ) -> CrossRuntimeFit:
-    """Fit both halves on the timings; the interval comes from leave-one-out residuals of the
-    combined answer, each left-out timing predicted by both halves refitted without it."""
+    """Fit both halves on the timings (the map half: `map_fit` if given, else the log-affine
+    map); the interval comes from leave-one-out residuals of the combined answer, each
+    left-out timing predicted by both halves refitted without it."""
     base = np.asarray(base_ms, float)
     terms = np.asarray(terms, float)
     y = np.asarray(measured_ms, float)
-    la = log_affine or fit_log_affine(base, y, prior_sd=prior_sd)
+    la = map_fit or fit_log_affine(base, y, prior_sd=prior_sd)
     w = class_scales.fit_log_weights(terms, y, prior)
     resid = np.log(y) - np.log(class_scales.combine(la.apply(base), class_scales.predict(terms, w)))
-    # the log-affine half's leave-one-out prediction is measured / exp(its loo residual)
+    # the map half's leave-one-out prediction is measured / exp(its loo residual)
     la_loo = y * np.exp(-la.loo_residuals)
     loo = np.empty(len(y))
     for i in range(len(y)):
@@ -209,13 +369,16 @@ def select_and_fit(
     prior_sd: float = DEFAULT_PRIOR_SD,
     gain: float = PROFILE_GAIN,
     slope_prior: float | None = None,
-) -> tuple[str, LogAffine]:
-    """Fit the map on every candidate base and keep the one the timings support.
+    offset_gain: float | None = OFFSET_GAIN,
+) -> tuple[str, MapFit]:
+    """Fit the map on every candidate base, keep the base the timings support, then the form.
 
     The first candidate is the SoC's own base; another (a transfer profile: the transfer model
-    priced with a measured SoC's descriptors) replaces it only when its leave-one-out mean
-    squared log residual is below `gain` times the own base's, so a handful of noisy timings
-    rarely moves the base. Returns (candidate name, fit)."""
+    priced with a measured SoC's descriptors) replaces it only when its log-affine
+    leave-one-out mean squared log residual is below `gain` times the own base's, so a handful
+    of noisy timings rarely moves the base. On the base kept, the offset form replaces the
+    log-affine map by the same kind of rule (`choose_form`, `offset_gain`; None: log-affine
+    only). Returns (candidate name, fit of the form kept)."""
     names = list(candidates)
     if not names:
         raise CalibrationError("no base estimator to calibrate")
@@ -231,7 +394,12 @@ def select_and_fit(
         score = float(np.mean(fit.loo_residuals**2))
         if score < best_score:
             best, best_fit, best_score = name, fit, score
-    return best, best_fit
+    if offset_gain is None:
+        return best, best_fit
+    form, _ = choose_form(
+        candidates[best], measured_ms, best_fit, prior_sd, offset_gain, slope_prior
+    )
+    return best, form
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,27 +502,36 @@ def calibrate(
         )
     measured = np.array([r.latency_ms for r in used])
     prior_sd, prior_source = prior_sd_for(base, runtime, root)
-    chosen, fit = select_and_fit(preds, measured, prior_sd=prior_sd)
+    chosen, la = select_and_fit(preds, measured, prior_sd=prior_sd, offset_gain=None)
     base = bases[chosen]
     profile = chosen[len(PROFILE_PREFIX) :] if chosen.startswith(PROFILE_PREFIX) else None
     own_fit = fit_log_affine(preds[OWN], measured, prior_sd=prior_sd)
     base_preds = preds[chosen]
+    fit, off = choose_form(base_preds, measured, la, prior_sd)
     prior = class_prior_for(runtime, root)
-    final: LogAffine | CrossRuntimeFit = fit
+    final: MapFit | CrossRuntimeFit = fit
     class_doc = None
     if prior is not None:
         terms = np.array([class_scales.class_terms(p.kernels, base.kernel_ms(p)) for p in plans])
-        final = fit_cross_runtime(base_preds, terms, measured, prior, prior_sd, log_affine=fit)
+        final = fit_cross_runtime(base_preds, terms, measured, prior, prior_sd, map_fit=fit)
         calibrated = final.apply(np.asarray(base_preds), terms)
         class_doc = {
             "model": "t = sum_i w_i * term_i (leti.class_scales)",
             "terms": list(class_scales.TERMS),
             "log_weights": [float(v) for v in final.log_weights],
             "prior": prior.to_dict(),
-            "combine": "geometric mean of the log-affine map and the class-scale model",
+            "combine": f"geometric mean of the {fit.form} map and the class-scale model",
         }
     else:
         calibrated = fit.apply(np.asarray(base_preds))
+    kernel_sum = " (base total = its kernel sum)" if base_total(runtime) == KERNEL_SUM_TOTAL else ""
+    if fit.form == OFFSET:
+        map_text = (
+            f"total_ms = scale * base_total_ms + offset_ms, floored at {OFFSET_FLOOR} x "
+            "scale * base_total_ms" + kernel_sum
+        )
+    else:
+        map_text = "log(total_ms) = a + b * log(base_total_ms)" + kernel_sum
     digest = timings_sha256(used)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
     doc = {
@@ -381,11 +558,26 @@ def calibrate(
             },
             "own_loo_rms_log_residual": float(np.sqrt(np.mean(own_fit.loo_residuals**2))),
         },
-        "map": "log(total_ms) = a + b * log(base_total_ms)"
-        + (" (base total = its kernel sum)" if base_total(runtime) == KERNEL_SUM_TOTAL else "")
+        "form": fit.form,
+        "map": map_text
         + ("; answer = geometric mean with the class-scale model" if class_doc else ""),
-        "a": fit.a,
-        "b": fit.b,
+        # the log-affine fit on the chosen base, whichever form answers
+        "a": la.a,
+        "b": la.b,
+        "offset_map": (
+            {"scale": fit.scale, "offset_ms": fit.offset_ms, "floor": fit.floor}
+            if isinstance(fit, OffsetAffine)
+            else None
+        ),
+        "form_selection": {
+            "rule": f"the offset form t = s * t_base + c replaces the log-affine map only when "
+            f"its leave-one-out mean squared log residual is below {OFFSET_GAIN} x the "
+            "log-affine map's",
+            "gain": OFFSET_GAIN,
+            "loo_mse": {LOG_AFFINE: la.loo_mse, OFFSET: off.loo_mse},
+            "offset_fit": {"scale": off.scale, "offset_ms": off.offset_ms},
+            "chosen": fit.form,
+        },
         "class_scales": class_doc,
         "k": len(used),
         "timings_sha256": digest,
@@ -394,6 +586,8 @@ def calibrate(
         "prior": {
             "slope": 1.0,
             "slope_ridge_lambda": SLOPE_PRIOR,
+            "offset_scale": "the log-affine fit's scale at the timings",
+            "offset_scale_ridge_lambda": SCALE_PRIOR,
             "residual_sd": prior_sd,
             "residual_sd_source": prior_source,
             "residual_sd_weight": PRIOR_WEIGHT,
