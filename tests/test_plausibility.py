@@ -80,3 +80,49 @@ def test_the_interval_widens_outside_the_training_sizes(est) -> None:
 def test_totals_grow_monotonically_with_resolution(est) -> None:
     totals = [est.predict(separable_net(size=s)).total_ms for s in (64, 128, 224, 448, 896)]
     assert all(b > a for a, b in zip(totals, totals[1:], strict=False))
+
+
+def _priced(pred) -> None:
+    assert pred.total_ms > 0 and not pred.unsupported, pred.unsupported
+    assert pred.kernel_sum_ms >= 0
+    assert all(lt.ms >= 0 for lt in pred.layers if lt.kernel != "graph")
+
+
+def test_new_op_families_price_above_zero_with_nothing_unsupported(est) -> None:
+    from tests import test_kernels as graphs
+
+    vit = est.predict(graphs._vit_block())
+    _priced(vit)
+    assert any(lt.priced == "analytic" for lt in vit.layers)
+    for model in (
+        graphs._rnn("LSTM", seq=20, batch=1, inp=32, hidden=64, dirs=1),
+        graphs._rnn("GRU", seq=20, batch=1, inp=32, hidden=64, dirs=2),
+        graphs._conv3d(frames=16, kd=3),
+    ):
+        _priced(est.predict(model))
+
+
+def test_a_3d_conv_over_16_frames_costs_more_than_the_2d_conv_over_one(est) -> None:
+    from tests import test_kernels as graphs
+
+    one = est.predict(graphs._conv3d(frames=1, kd=1))
+    many = est.predict(graphs._conv3d(frames=16, kd=1))
+    assert many.kernel_sum_ms >= 4.0 * one.kernel_sum_ms
+
+
+def test_quantized_graphs_are_priced_as_float_and_say_so(est) -> None:
+    from tests import test_kernels as graphs
+
+    test = graphs.test_qoperator_conv_and_matmul_keep_their_quantized_name
+    assert test is not None  # the QOperator graph is built inside that test; QDQ below
+    wq = graphs.helper.make_tensor("wq", graphs.TensorProto.INT8, [8, 8, 3, 3], [1] * 576)
+    inits = [*graphs._quant_params("x"), *graphs._quant_params("w", graphs.TensorProto.INT8), wq]
+    nodes = [
+        graphs.helper.make_node("QuantizeLinear", ["x", "x.s", "x.z"], ["xq"], name="q"),
+        graphs.helper.make_node("DequantizeLinear", ["xq", "x.s", "x.z"], ["xd"], name="dq"),
+        graphs.helper.make_node("DequantizeLinear", ["wq", "w.s", "w.z"], ["wd"], name="dq_w"),
+        graphs.helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    pred = est.predict(graphs._graph(nodes, {"x": graphs.SHAPE}, inits))
+    _priced(pred)
+    assert any("quantized ops" in note for note in pred.notes)

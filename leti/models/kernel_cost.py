@@ -129,7 +129,8 @@ class KernelCosts(KindBoosters):
 
     def extrapolation(self, geometry: pd.DataFrame) -> np.ndarray:
         """How far each row lies outside its kind's training range: the largest distance of a
-        feature past its edge, in units of that feature's training span (0 inside)."""
+        feature past its edge, in units of that feature's training span (0 inside), or of its
+        batch past the single copies it was trained on."""
         if len(geometry) == 0:
             return np.zeros(0)
         geometry = geometry.reset_index(drop=True)
@@ -140,13 +141,16 @@ class KernelCosts(KindBoosters):
             lo, hi = (
                 np.asarray(v, float) for v in self.ranges.get(str(kind), self.ranges[_GLOBAL])
             )
-            # a feature constant in training (every fully-connected row has h_out = 1) has
-            # no span: measure distance against a tenth of its magnitude instead
-            span = np.maximum(hi - lo, np.maximum(0.1 * np.maximum(abs(lo), abs(hi)), 1e-3))
+            # a feature (nearly) constant in training (every fully-connected row has h_out = 1,
+            # c_out = 1000) has no span: measure distance against half its magnitude instead
+            span = np.maximum(hi - lo, np.maximum(0.5 * np.maximum(abs(lo), abs(hi)), 1.0))
             mask = kinds == kind
             past = np.maximum(lo - x[mask], 0) + np.maximum(x[mask] - hi, 0)
             out[mask] = (past / span).max(axis=1)
-        return out
+        # Training rows are single copies: a batch (or many fully-connected rows) is outside
+        # the data too, though its work is exact; half a unit per doubling.
+        batch = _column(geometry, "batch", 1.0, len(geometry)).clip(min=1)
+        return np.maximum(out, np.log2(batch) / 2)
 
     def save(self, folder: Path) -> dict[str, str]:
         files = super().save(folder)

@@ -25,6 +25,7 @@ from leti.core import socs
 from leti.core.errors import LetiError
 from leti.core.records import Graph, KernelPlan, Layer, LayerTime, Prediction, Unsupported
 from leti.frontend.features import kernels_frame
+from leti.frontend.fusion import QUANTIZED_OPS
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
 from leti.models import class_scales
@@ -173,6 +174,13 @@ class Estimator:
             notes.append(
                 f"{', '.join(borrowed)}: no per-kernel measurements of these op families; "
                 "priced by their FLOPs and bytes with the efficiency of the nearest measured family"
+            )
+        ops = {k.op_type for k in plan.kernels} | {la.op_type for la in plan.overhead}
+        quantized = sorted(ops & QUANTIZED_OPS)
+        if quantized:
+            notes.append(
+                f"quantized ops ({', '.join(quantized)}) are priced as the float graph a mobile "
+                "GPU delegate runs: TFLite's and ncnn's GPU backends dequantize them"
             )
         if wide.reasons:
             notes.append("interval widened: " + "; ".join(wide.reasons))
