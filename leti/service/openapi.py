@@ -78,12 +78,20 @@ def _schemas() -> dict[str, Any]:
         },
         "LayerTime": {
             "type": "object",
-            "required": ["name", "op", "kernel", "ms"],
+            "required": ["name", "op", "kernel", "ms", "priced"],
             "properties": {
                 "name": {"type": "string"},
                 "op": {"type": "string"},
                 "kernel": {"type": "string"},
                 "ms": {"type": "number"},
+                "priced": {
+                    "type": "string",
+                    "enum": ["measured", "analytic", "graph"],
+                    "description": "measured: the kernel family was measured on this SoC "
+                    "(analytic cost x learned efficiency); analytic: no measurements of this "
+                    "op family (borrowed efficiency, or a standalone op's structural terms); "
+                    "graph: graph-level terms fitted on end-to-end timings.",
+                },
             },
         },
         "Unsupported": {
