@@ -130,29 +130,50 @@ class Estimator:
                 terms = class_scales.class_terms(plan.kernels, ms)
             total = float(self.calibration.apply(total, terms))
             lo, hi = self.calibration.interval
-        layers = [
-            LayerTime(
-                k.name,
-                k.op_type,
-                "+".join((k.kind, *k.fused)),
-                float(t),
-                getattr(k, "priced", "measured"),
-            )
-            for k, t in zip(plan.kernels, ms, strict=True)
-        ]
-        standalone = self._standalone_ms(plan)
-        if isinstance(self.corrector, GraphOverhead):
-            layers += [
-                LayerTime(la.name, la.op_type, "standalone", float(t), "analytic")
-                for la, t in zip(plan.overhead, standalone, strict=True)
-            ]
-        rest = total - kernel_sum - float(standalone.sum())
-        if plan.overhead or abs(rest) > 1e-12:
-            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", rest, "graph"))
+        layers = self._breakdown(plan, ms, total)
         analytic = sum(lt.ms for lt in layers if lt.priced == "analytic" and lt.ms > 0)
         wide = widening(ms, distance, analytic, total)
         lo, hi = lo - wide.log_units, hi + wide.log_units
         unsupported = _group_unsupported(plan)
+        return Prediction(
+            soc=self.soc,
+            runtime=self.runtime,
+            total_ms=total,
+            interval_ms=(total * float(np.exp(lo)), total * float(np.exp(hi))),
+            layers=layers,
+            unsupported=unsupported,
+            model_version=self.model_version,
+            provenance=self.provenance,
+            kernel_sum_ms=kernel_sum,
+            notes=self._notes(plan, unsupported, wide.reasons),
+        )
+
+    def _breakdown(self, plan: KernelPlan, ms: np.ndarray, total: float) -> tuple[LayerTime, ...]:
+        """Kernels with their own times; under a structural stage each standalone op with its
+        own terms; then the graph-level rest (launches, per inference, a calibration's share),
+        so that the lines add up to the total."""
+        layers = [
+            LayerTime(k.name, k.op_type, "+".join((k.kind, *k.fused)), float(t), k.priced)
+            for k, t in zip(plan.kernels, ms, strict=True)
+        ]
+        standalone = np.zeros(0)
+        if isinstance(self.corrector, GraphOverhead) and plan.overhead:
+            standalone = self.corrector.standalone_ms(
+                [_output_elements(la) for la in plan.overhead]
+            )
+            layers += [
+                LayerTime(la.name, la.op_type, "standalone", float(t), "analytic")
+                for la, t in zip(plan.overhead, standalone, strict=True)
+            ]
+        rest = total - float(ms.sum()) - float(standalone.sum())
+        if plan.overhead or abs(rest) > 1e-12:
+            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", rest, "graph"))
+        return tuple(layers)
+
+    def _notes(
+        self, plan: KernelPlan, unsupported: Sequence[Unsupported], widened: Sequence[str]
+    ) -> tuple[str, ...]:
+        """What a reader must know about where the numbers come from."""
         notes = []
         if unsupported:
             n = sum(u.count for u in unsupported)
@@ -169,7 +190,7 @@ class Estimator:
                 "one by one: the graph-level correction (corrector or calibration) covers them in "
                 "the overhead entry"
             )
-        borrowed = sorted({lt.op for lt in layers[: len(plan.kernels)] if lt.priced == "analytic"})
+        borrowed = sorted({k.op_type for k in plan.kernels if k.priced == "analytic"})
         if borrowed:
             notes.append(
                 f"{', '.join(borrowed)}: no per-kernel measurements of these op families; "
@@ -182,27 +203,9 @@ class Estimator:
                 f"quantized ops ({', '.join(quantized)}) are priced as the float graph a mobile "
                 "GPU delegate runs: TFLite's and ncnn's GPU backends dequantize them"
             )
-        if wide.reasons:
-            notes.append("interval widened: " + "; ".join(wide.reasons))
-        return Prediction(
-            soc=self.soc,
-            runtime=self.runtime,
-            total_ms=total,
-            interval_ms=(total * float(np.exp(lo)), total * float(np.exp(hi))),
-            layers=tuple(layers),
-            unsupported=unsupported,
-            model_version=self.model_version,
-            provenance=self.provenance,
-            kernel_sum_ms=kernel_sum,
-            notes=tuple(notes),
-        )
-
-    def _standalone_ms(self, plan: KernelPlan) -> np.ndarray:
-        """Each standalone layer's share of a structural graph stage (per op + per element);
-        zeros for a free-form corrector, whose overhead entry covers them together."""
-        if not isinstance(self.corrector, GraphOverhead) or not plan.overhead:
-            return np.zeros(len(plan.overhead))
-        return self.corrector.standalone_ms([_output_elements(la) for la in plan.overhead])
+        if widened:
+            notes.append("interval widened: " + "; ".join(widened))
+        return tuple(notes)
 
     def predict_many(
         self,
