@@ -183,17 +183,24 @@ def test_every_protocol_predicts_its_test_models_with_every_method(ts, evaluatio
     assert evaluation.results["grouped-cv"].train_sizes in ([6, 7], [7, 6])
 
 
-def test_the_interval_is_the_pipelines_quantiles(evaluation):
+def test_intervals_are_the_estimators_around_the_pipelines_base(evaluation):
     p = evaluation.predictions
     for m in evaluation.methods:
-        ratio_lo = p[f"{m}_lo"] / p[m]
-        ratio_hi = p[f"{m}_hi"] / p[m]
-        # one multiplier per fold (a pipeline's log_interval), below and above 1
+        ratio_lo = p[f"{m}_base_lo"] / p[m]
+        ratio_hi = p[f"{m}_base_hi"] / p[m]
+        # the base interval: one multiplier per fold (a pipeline's log_interval)
         for _, fold in ratio_lo.groupby(p["fold"]):
             assert np.allclose(fold, fold.iloc[0], rtol=1e-9)
         for _, fold in ratio_hi.groupby(p["fold"]):
             assert np.allclose(fold, fold.iloc[0], rtol=1e-9)
         assert (ratio_lo <= 1).all() and (ratio_hi >= 1).all()
+        # the answered interval only ever widens it
+        assert (p[f"{m}_lo"] <= p[f"{m}_base_lo"] * (1 + 1e-9)).all()
+        assert (p[f"{m}_hi"] >= p[f"{m}_base_hi"] * (1 - 1e-9)).all()
+        cv = evaluation.cv
+        inside = (p["measured"] >= p[f"{m}_base_lo"]) & (p["measured"] <= p[f"{m}_base_hi"])
+        assert cv.base_coverage[m] == pytest.approx(inside.mean())
+        assert cv.coverage[m] >= cv.base_coverage[m]
 
 
 def _half_exact_interval(pipe, ts, models):
@@ -214,7 +221,8 @@ def test_a_per_graph_interval_plugs_in(ts):
 def test_tasks_travel_to_worker_processes():
     task = accuracy.EvalTask(SOC, RUNTIME, None, ("leti",), ("grouped-cv",))
     assert pickle.loads(pickle.dumps(task)) == task
-    assert pickle.loads(pickle.dumps(accuracy.pipeline_intervals)) is accuracy.pipeline_intervals
+    for fn in (accuracy.pipeline_intervals, accuracy.estimator_intervals):
+        assert pickle.loads(pickle.dumps(fn)) is fn
 
 
 def test_report_has_one_section_per_protocol_and_the_bars(tmp_path, evaluation):

@@ -11,8 +11,9 @@ Protocols (each a list of (train models, test models) splits of one (SoC, runtim
 Methods: what `leti.train.fit.fit_pipeline` fits (`method="leti"`: analytic cost x learned
 efficiency + structural graph stage; `method="previous"`: per-kernel trees + free-form
 corrector), each with its raw kernel sum, and a log-log FLOPs regression fitted on the same
-training models. Each held-out model also gets the method's nominal 90% interval, whose
-coverage is scored.
+training models. Each held-out model also gets the method's nominal 90% interval, as an
+`Estimator` built from the fitted pipeline answers it (widened per graph), and the pipeline's
+base interval; the coverage of both is scored.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from leti.evaluate.scores import (
     plan_flops,
 )
 from leti.measurements import schema as measurements
+from leti.predict.estimator import Estimator
 from leti.train import fit as fit_mod
 from leti.train.fit import N_SPLITS, TrainingSet, fit_pipeline, group_folds, load_training_set
 from leti.train.fit import predict_totals as predict_pipeline_totals
@@ -84,12 +86,32 @@ IntervalFn = Callable[[object, TrainingSet, Sequence[str]], tuple[np.ndarray, np
 def pipeline_intervals(
     pipe, ts: TrainingSet, models: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The pipeline's interval: its total x exp(5% and 95% quantiles of the out-of-fold log
-    residuals), the same multiplier for every graph. A per-graph interval plugs in as another
-    `IntervalFn` (a module-level function, so that worker processes can receive it)."""
+    """The pipeline's base interval: its total x exp(5% and 95% quantiles of the out-of-fold
+    log residuals), the same multiplier for every graph."""
     totals, _ = predict_pipeline_totals(pipe, ts, models)
     lo, hi = pipe.log_interval
     return totals * float(np.exp(lo)), totals * float(np.exp(hi))
+
+
+def estimator_intervals(
+    pipe, ts: TrainingSet, models: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The interval an `Estimator` built from the pipeline answers for each graph
+    (`Prediction.interval_ms`): the base interval widened where the graph lies outside the
+    training data. Any other `IntervalFn` plugs in the same way (a module-level function, so
+    that worker processes can receive it)."""
+    est = Estimator(
+        soc=ts.soc,
+        runtime=ts.runtime,
+        model_version="evaluate",
+        provenance="measured",
+        kernels=pipe.kernels,
+        corrector=pipe.corrector,
+        manifest={},
+        log_interval=tuple(pipe.log_interval),
+    )
+    bounds = np.array([est.predict_plan(ts.plans[m]).interval_ms for m in models], float)
+    return bounds[:, 0], bounds[:, 1]
 
 
 def coverage(measured, lo, hi) -> float:
@@ -147,11 +169,13 @@ class ProtocolResult:
     protocol: str
     methods: tuple[str, ...]
     #: model, fold, gflops, measured, flops, and per method m: m, kernel_sum_key(m),
-    #: m_lo, m_hi (the nominal 90% interval)
+    #: m_lo, m_hi (the nominal 90% interval of the `IntervalFn`), m_base_lo, m_base_hi (the
+    #: pipeline's base interval: one multiplier for every graph)
     predictions: pd.DataFrame
     scores: dict[str, dict[str, float]]  # method / kernel sum / "flops" -> metrics
     coverage: dict[str, float]  # method -> share of held-out models inside the interval
     train_sizes: list[int] = field(default_factory=list)
+    base_coverage: dict[str, float] = field(default_factory=dict)  # same, base interval
 
     def errors(self, column: str) -> pd.Series:
         """Relative error of a prediction column, by model."""
@@ -165,7 +189,7 @@ def evaluate_protocol(
     methods: Sequence[str] | None = None,
     n_splits: int = N_SPLITS,
     seed: int = 0,
-    interval_fn: IntervalFn = pipeline_intervals,
+    interval_fn: IntervalFn = estimator_intervals,
 ) -> ProtocolResult:
     methods = tuple(methods or available_methods()[:1])
     rows = []
@@ -194,12 +218,18 @@ def evaluate_protocol(
             frame[kernel_sum_key(method)] = np.asarray(sums, float)
             frame[f"{method}_lo"] = np.asarray(lo, float)
             frame[f"{method}_hi"] = np.asarray(hi, float)
+            base_lo, base_hi = pipe.log_interval
+            frame[f"{method}_base_lo"] = frame[method] * float(np.exp(base_lo))
+            frame[f"{method}_base_hi"] = frame[method] * float(np.exp(base_hi))
         rows.append(frame)
     pred = pd.concat(rows, ignore_index=True).sort_values("model").reset_index(drop=True)
     columns = [*methods, *(kernel_sum_key(m) for m in methods), "flops"]
     scores = {c: metrics(pred[c], pred["measured"]) for c in columns}
     cov = {m: coverage(pred["measured"], pred[f"{m}_lo"], pred[f"{m}_hi"]) for m in methods}
-    return ProtocolResult(ts.soc, ts.runtime, protocol, methods, pred, scores, cov, sizes)
+    base = {
+        m: coverage(pred["measured"], pred[f"{m}_base_lo"], pred[f"{m}_base_hi"]) for m in methods
+    }
+    return ProtocolResult(ts.soc, ts.runtime, protocol, methods, pred, scores, cov, sizes, base)
 
 
 @dataclass
@@ -237,7 +267,7 @@ def evaluate_soc(
     seed: int = 0,
     methods: Sequence[str] | None = None,
     protocols: Sequence[str] = ("grouped-cv",),
-    interval_fn: IntervalFn = pipeline_intervals,
+    interval_fn: IntervalFn = estimator_intervals,
 ) -> SocEvaluation:
     """The `protocols` on one (SoC, runtime). `methods` defaults to the shipped one only
     (what `leti fit` records in a manifest)."""
