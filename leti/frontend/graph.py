@@ -83,7 +83,7 @@ _PER_ELEMENT: Mapping[str, int] = {
     "GroupNormalization": 8, "MeanVarianceNormalization": 8, "SkipLayerNormalization": 10,
     "SimplifiedLayerNormalization": 5, "SkipSimplifiedLayerNormalization": 7,
     "Softmax": 5, "LogSoftmax": 5, "QLinearSoftmax": 7, "BiasSoftmax": 6,
-    "Gelu": 8, "FastGelu": 8, "BiasGelu": 9, "QuickGelu": 4, "Mish": 5, "Softplus": 3,
+    "Gelu": 8, "FastGelu": 8, "Swish": 2, "BiasGelu": 9, "QuickGelu": 4, "Mish": 5, "Softplus": 3,
     "BiasAdd": 2, "QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuantizeLinear": 5,
     "QLinearAdd": 5, "QLinearMul": 5, "QLinearSigmoid": 5, "QLinearLeakyRelu": 5,
 }  # fmt: skip
@@ -92,7 +92,7 @@ _PER_ELEMENT: Mapping[str, int] = {
 # ---------------------------------------------------------------------------- limits
 
 
-def _max_bytes(max_bytes: int | None) -> int:
+def max_graph_bytes(max_bytes: int | None) -> int:
     """The caller's limit, else $LETI_MAX_GRAPH_MB, else the default (a bad value raises
     `ConfigError`)."""
     if max_bytes is not None:
@@ -100,14 +100,14 @@ def _max_bytes(max_bytes: int | None) -> int:
     return settings.max_graph_bytes(DEFAULT_MAX_BYTES)
 
 
-def _max_layers(max_layers: int | None) -> int:
+def max_graph_layers(max_layers: int | None) -> int:
     """The caller's limit, else $LETI_MAX_LAYERS, else the default."""
     if max_layers is not None:
         return int(max_layers)
     return settings.max_layers(DEFAULT_MAX_LAYERS)
 
 
-def _too_large(size: int, limit: int) -> GraphTooLargeError:
+def too_large(size: int, limit: int) -> GraphTooLargeError:
     return GraphTooLargeError(
         f"model is {size:,} bytes, over the limit of {limit:,} bytes "
         f"({limit / 2**20:.1f} MiB; set {ENV_MAX_GRAPH_MB} to change it)"
@@ -123,7 +123,7 @@ def load_model(source: Source, max_bytes: int | None = None) -> onnx.ModelProto:
     Checks the size before reading, so an oversized upload costs one `stat`, not the memory.
     A `ModelProto` passed in is returned as is (not copied).
     """
-    return _load(source, _max_bytes(max_bytes))[0]
+    return _load(source, max_graph_bytes(max_bytes))[0]
 
 
 def _load(source: Source, limit: int) -> tuple[onnx.ModelProto, bytes, str | None]:
@@ -132,23 +132,28 @@ def _load(source: Source, limit: int) -> tuple[onnx.ModelProto, bytes, str | Non
         # upb's ByteSize() encodes the message anyway: serialize once, for the size and the hash
         data = source.SerializeToString()
         if len(data) > limit:
-            raise _too_large(len(data), limit)
+            raise too_large(len(data), limit)
         return source, data, None
+    data, stem, where = _source_bytes(source, limit)
+    return _parse_bytes(data, where=where), data, stem
+
+
+def _source_bytes(source: Source, limit: int) -> tuple[bytes, str | None, str]:
+    """(the bytes of a path or a buffer, a name hint from the file name, where they came from)."""
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         if len(data) > limit:
-            raise _too_large(len(data), limit)
-        return _parse_bytes(data), data, None
+            raise too_large(len(data), limit)
+        return data, None, "model bytes"
     if isinstance(source, str | os.PathLike):
         path = Path(source)
-        data = _read_file(path, limit)
-        return _parse_bytes(data, where=str(path)), data, path.stem
+        return read_model_file(path, limit), path.stem, str(path)
     raise LetiError(
         f"cannot read a model from a {type(source).__name__}: give a path, bytes or a ModelProto"
     )
 
 
-def _read_file(path: Path, limit: int) -> bytes:
+def read_model_file(path: Path, limit: int) -> bytes:
     """Stat first, then read at most limit + 1 bytes (the file may grow between the two)."""
     try:
         st = os.stat(path)
@@ -158,14 +163,14 @@ def _read_file(path: Path, limit: int) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         raise GraphError(f"model path {str(path)!r} is not a regular file")
     if st.st_size > limit:
-        raise _too_large(st.st_size, limit)
+        raise too_large(st.st_size, limit)
     try:
         with open(path, "rb") as fh:
             data = fh.read(limit + 1)
     except OSError as exc:
         raise GraphError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from exc
     if len(data) > limit:
-        raise _too_large(len(data), limit)
+        raise too_large(len(data), limit)
     return data
 
 
@@ -472,7 +477,7 @@ def _as_2d(
     return (1, *kernel), (1, *strides), (0, pads[0], 0, pads[1]), (1, *dilations)
 
 
-def _flops(
+def layer_flops(
     op: str,
     ins: Sequence[Shape | None],
     outs: Sequence[Shape | None],
@@ -541,15 +546,20 @@ def _flops(
     return 0
 
 
-def _layer(
-    node: Node,
+def build_layer(
+    op: str,
     name: str,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
     attrs: dict[str, Any],
     ins: tuple[Shape | None, ...],
     outs: tuple[Shape | None, ...],
-    consts: set[str],
+    consts: set[str] | frozenset[str],
 ) -> Layer:
-    op = node.op
+    """A `Layer` from an ONNX-style op: its ONNX attributes (`kernel_shape`, `strides`, `pads`,
+    `dilations`, `group` become the spatial fields), input and output shapes, and which inputs
+    are weights (`consts`). Every front end builds its records here, so FLOPs, params and bytes
+    are counted one way."""
     kernel: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()
@@ -569,7 +579,7 @@ def _layer(
         kernel, strides, pads, dilations = _as_2d((x[2:], (1,) * r, (0,) * (2 * r), (1,) * r))
     params = 0
     moved = 0
-    for i, s in zip(node.inputs, ins, strict=True):
+    for i, s in zip(inputs, ins, strict=True):
         if s is None:
             continue
         if i in consts:
@@ -580,8 +590,8 @@ def _layer(
     return Layer(
         name=name,
         op_type=op,
-        inputs=tuple(node.inputs),
-        outputs=tuple(node.outputs),
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
         input_shapes=ins,
         output_shapes=outs,
         kernel_shape=kernel,
@@ -589,7 +599,7 @@ def _layer(
         pads=pads,
         dilations=dilations,
         group=group,
-        flops=_flops(op, ins, outs, attrs, kernel, group),
+        flops=layer_flops(op, ins, outs, attrs, kernel, group),
         params=params,
         bytes_moved=4 * (moved + params),
         attrs=tuple(sorted(attrs.items())),
@@ -606,16 +616,28 @@ def parse_graph(
     max_layers: int | None = None,
     name: str | None = None,
 ) -> Graph:
-    """Load an ONNX model and return its layers with concrete shapes, FLOPs and bytes moved.
+    """Load a model and return its layers with concrete shapes, FLOPs and bytes moved.
 
-    `input_shapes` fixes (or overrides) the dims of named inputs; otherwise a symbolic leading
-    batch dim becomes 1 and any other symbolic dim raises `SymbolicShapeError`. Raises only
-    `LetiError` subclasses for bad input.
+    The source is an ONNX model (path, bytes or `ModelProto`) or an ncnn `.param` text (a path
+    or bytes starting with its magic number 7767517: `leti.frontend.ncnn`); both give the same
+    records, with ONNX op types. `input_shapes` fixes (or overrides) the dims of named inputs;
+    otherwise a symbolic leading batch dim becomes 1 and any other symbolic dim raises
+    `SymbolicShapeError`. Raises only `LetiError` subclasses for bad input.
     """
-    limit = _max_bytes(max_bytes)
-    model, data, stem = _load(source, limit)
+    limit = max_graph_bytes(max_bytes)
+    if isinstance(source, onnx.ModelProto):
+        model, data, stem = _load(source, limit)
+    else:
+        data, stem, where = _source_bytes(source, limit)
+        from leti.frontend import ncnn  # ncnn builds on this module's helpers: import when used
+
+        if ncnn.is_param(data):
+            return ncnn.parse_param(
+                data, input_shapes, max_layers=max_layers, name=name or stem, where=where
+            )
+        model = _parse_bytes(data, where=where)
     try:
-        return _parse(model, data, stem, input_shapes or {}, _max_layers(max_layers), name)
+        return _parse(model, data, stem, input_shapes or {}, max_graph_layers(max_layers), name)
     except LetiError:
         raise
     except RecursionError as exc:
@@ -689,7 +711,11 @@ def _parse(
             while layer_name in used:
                 layer_name += "_"
         used.add(layer_name)
-        layers.append(_layer(node, layer_name, attrs, ins, outs, const_names))
+        layers.append(
+            build_layer(
+                node.op, layer_name, node.inputs, node.outputs, attrs, ins, outs, const_names
+            )
+        )
 
     return Graph(
         name=name or stem or (g.name if type(g.name) is str else "") or "graph",
