@@ -5,7 +5,8 @@
         c.predict("resnet50.onnx", soc="snapdragon855")["total_ms"]
         c.predict_many(["a.onnx", "b.onnx"], soc="pixel4")
 
-Graphs may be paths, bytes or `onnx.ModelProto`. Weights are stripped before upload (the
+Graphs may be paths, bytes or `onnx.ModelProto`, ONNX or ncnn `.param` (a `.param` holds no
+weights and is uploaded as it is). ONNX weights are stripped before upload (the
 graph-only copy keeps every initializer's shape, which is all the estimator needs), so a ResNet-50
 upload is kilobytes, not 100 MB. Connection errors and 502/503/504 are retried with exponential
 backoff (predictions are pure functions, so a retry is always safe). A 4xx raises a `ClientError`
@@ -80,14 +81,16 @@ def _strip(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def graph_bytes(graph: GraphLike, strip: bool = True) -> bytes:
     """The bytes to upload for `graph`: a graph-only copy when `strip` (initializer dims kept,
-    data dropped; external data is never read). Bytes that do not parse are sent as they are,
-    so the server can say what is wrong with them."""
+    data dropped; external data is never read). An ncnn `.param` (a path ending in .param, or
+    text starting with 7767517) holds no weights and is sent as it is. Bytes that do not parse
+    are sent as they are, so the server can say what is wrong with them."""
     from leti.frontend.graph import load_model
+    from leti.frontend.ncnn import is_param
 
     if isinstance(graph, onnx.ModelProto):
         return (_strip(graph) if strip else graph).SerializeToString()
     if isinstance(graph, bytes | bytearray):
-        if not strip:
+        if not strip or is_param(bytes(graph)):
             return bytes(graph)
         try:
             model = load_model(bytes(graph))
@@ -95,9 +98,19 @@ def graph_bytes(graph: GraphLike, strip: bool = True) -> bytes:
             return bytes(graph)
         return _strip(model).SerializeToString()
     path = Path(graph)
-    if not strip:
+    if not strip or path.suffix.lower() == ".param":
+        return path.read_bytes()
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if is_param(head):
         return path.read_bytes()
     return _strip(load_model(path)).SerializeToString()
+
+
+def _suffix(blob: bytes) -> str:
+    from leti.frontend.ncnn import is_param
+
+    return ".param" if is_param(blob) else ".onnx"
 
 
 class Client:
@@ -220,7 +233,7 @@ class Client:
         out: list[dict] = []
         for chunk in self._chunks(blobs):
             files = [
-                ("model", (f"graph{i}.onnx", blob, "application/octet-stream"))
+                ("model", (f"graph{i}{_suffix(blob)}", blob, "application/octet-stream"))
                 for i, blob in enumerate(chunk)
             ]
             resp = self._request("POST", "/predict/batch", params=params, files=files)

@@ -181,7 +181,8 @@ def _parse_bytes(data: bytes, where: str = "model bytes") -> onnx.ModelProto:
         return onnx.load_model_from_string(data)
     except Exception as exc:  # DecodeError, RuntimeError from upb, ...
         raise GraphError(
-            f"{where}: not a valid ONNX protobuf ({len(data):,} bytes; truncated or corrupt?): "
+            f"{where}: not a valid ONNX protobuf ({len(data):,} bytes; truncated or corrupt?), "
+            "nor an ncnn .param text (which starts with 7767517): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
 

@@ -935,8 +935,9 @@ def parse_param(
             shape = _given(blob, given[blob], declared) if blob in given else declared
             if not shape:
                 raise bad(
-                    "the Input layer declares no size (0=w 1=h 2=c): pass --input-shape "
-                    f"{blob}=1,3,224,224 (HTTP: input_shape)"
+                    "the Input layer declares no size (0=w 1=h 2=c): give it, e.g. "
+                    f"`leti predict --input-shape {blob}=1,3,224,224`, or input_shape="
+                    f'{{"{blob}": [1, 3, 224, 224]}} over HTTP (the size the model was built for)'
                 )
             if shape != declared:
                 hints_ok = False
