@@ -632,7 +632,7 @@ def parse_graph(
         data, stem, where = _source_bytes(source, limit)
         from leti.frontend import ncnn  # ncnn builds on this module's helpers: import when used
 
-        if ncnn.is_param(data):
+        if ncnn.is_param(data) or where.lower().endswith(".param"):
             return ncnn.parse_param(
                 data, input_shapes, max_layers=max_layers, name=name or stem, where=where
             )
