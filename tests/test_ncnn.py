@@ -233,7 +233,7 @@ def test_malformed_inputs_name_the_line():
     _bad(TINY.replace("-23310=2,0.0,6.0", "-23310=3,0.0,6.0"), "line 6: .*announces 3 values")
     _bad(TINY.replace("0=32 1=32 2=3", "0=1 1=1 2=3"), r"line \d+ .*does not fit")
     _bad("7767517\n", "line 2: missing")
-    _bad("", "line 1")
+    _bad("", "empty input")
     with pytest.raises(GraphError, match="not UTF-8"):
         parse_graph(b"7767517\n1 1\nInput \xff 0 1 data\n")
 
