@@ -72,10 +72,19 @@ class GraphOverhead:
 
     dram_gbps: float = 1.0  # the SoC's bandwidth: the floor of a standalone op's traffic
     coef: np.ndarray = field(default_factory=lambda: np.array([1.0, 0.0, 0.0, 0.0, 0.0]))
+    #: Whether the per-kernel term is fitted. Off, a family of graphs that differ in how many
+    #: kernels they launch (NAS cells with `none` edges) ranks exactly like its kernel sums;
+    #: `leti.train.fit` keeps it only where it earns its place out of fold.
+    per_kernel: bool = True
+    #: log kernel sum (ms) of the smallest and the largest training graph: outside, the terms
+    #: are extrapolated and the interval says so.
+    size_range: tuple[float, float] = (-np.inf, np.inf)
+    #: Standalone op types the training graphs contained: their terms were fitted on them.
+    seen_ops: tuple[str, ...] = ()
 
     @classmethod
-    def for_hardware(cls, hw: Any) -> GraphOverhead:
-        return cls(dram_gbps=float(hw.dram_gbps))
+    def for_hardware(cls, hw: Any, per_kernel: bool = True) -> GraphOverhead:
+        return cls(dram_gbps=float(hw.dram_gbps), per_kernel=per_kernel)
 
     def floors(self) -> np.ndarray:
         """Lower bounds of the coefficients (see the module docstring)."""
@@ -87,9 +96,20 @@ class GraphOverhead:
         e2e = terms[:, 0] * np.exp(np.asarray(log_ratio, float))
         floor = self.floors()
         weight = 1.0 / e2e  # relative error: a 2 ms cell counts as much as a 200 ms ResNet
-        above, _ = nnls(terms * weight[:, None], (e2e - terms @ floor) * weight)
+        free = np.ones(len(TERMS), bool)
+        free[1] = self.per_kernel
+        above = np.zeros(len(TERMS))
+        above[free], _ = nnls(terms[:, free] * weight[:, None], (e2e - terms @ floor) * weight)
         self.coef = above + floor
+        log_sum = np.log(terms[:, 0])
+        self.size_range = (float(log_sum.min()), float(log_sum.max()))
         return self
+
+    def size_extrapolation(self, x: np.ndarray) -> np.ndarray:
+        """How far (log units) each graph's kernel sum lies outside the training graphs'."""
+        log_sum = np.log(structural_terms(x)[:, 0])
+        lo, hi = self.size_range
+        return np.maximum(lo - log_sum, 0) + np.maximum(log_sum - hi, 0)
 
     def total_ms(self, x: np.ndarray) -> np.ndarray:
         return structural_terms(x) @ self.coef
@@ -112,6 +132,9 @@ class GraphOverhead:
             "coef": [float(c) for c in self.coef],
             "floors": [float(c) for c in self.floors()],
             "dram_gbps": self.dram_gbps,
+            "per_kernel_fitted": self.per_kernel,
+            "log_kernel_sum_range": list(self.size_range),
+            "seen_standalone_ops": list(self.seen_ops),
         }
 
     def save(self, path: Path) -> None:
@@ -121,7 +144,14 @@ class GraphOverhead:
     def from_json(cls, doc: dict) -> GraphOverhead:
         if doc.get("type") != FORMAT or list(doc["terms"]) != list(TERMS):
             raise ValueError("graph-level stage with other terms: re-fit")
-        return cls(dram_gbps=float(doc["dram_gbps"]), coef=np.array(doc["coef"], float))
+        lo, hi = doc.get("log_kernel_sum_range", (-np.inf, np.inf))
+        return cls(
+            dram_gbps=float(doc["dram_gbps"]),
+            coef=np.array(doc["coef"], float),
+            per_kernel=bool(doc.get("per_kernel_fitted", True)),
+            size_range=(float(lo), float(hi)),
+            seen_ops=tuple(doc.get("seen_standalone_ops", ())),
+        )
 
 
 def load_graph_stage(path: Path) -> GraphOverhead | GraphCorrector:

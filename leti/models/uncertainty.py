@@ -10,7 +10,10 @@ same 90% coverage:
   grows with the distance past the edge, in units of the training span, weighted by the share
   of the kernel time those kernels carry;
 - **analytic pricing**: the share of the total priced without any measurement of that op
-  family (borrowed efficiencies, structural per-op terms).
+  family (borrowed efficiencies, standalone op types the training graphs never had);
+- **graph size**: a kernel sum smaller or larger than every training graph's, in log units
+  (the structural terms were fitted on graphs of that range; a 2 ms NAS cell below 5 ms
+  ResNets is as far outside as a 4K image is above them).
 
 The constants are judgement, not a fit: they are chosen so that a graph entirely outside the
 data gets an interval of roughly a factor of two either side, and they are checked by the
@@ -29,6 +32,8 @@ import numpy as np
 EXTRAPOLATION_SD = 0.25
 #: Log-units of spread for a graph priced entirely analytically.
 ANALYTIC_SD = 0.35
+#: Log-units of spread per log unit of kernel sum outside the training graphs' range.
+SIZE_SD = 0.25
 #: z of the 95% quantile: the base interval is a 5%..95% one.
 Z90 = 1.645
 
@@ -44,9 +49,15 @@ class Widening:
 
 
 def widening(
-    kernel_ms: np.ndarray, distance: np.ndarray, analytic_ms: float, total_ms: float
+    kernel_ms: np.ndarray,
+    distance: np.ndarray,
+    analytic_ms: float,
+    total_ms: float,
+    size_distance: float = 0.0,
 ) -> Widening:
-    """`distance`: per kernel, how far past its kind's training range (0 inside)."""
+    """`distance`: per kernel, how far past its kind's training range (0 inside);
+    `size_distance`: how far (log units) the graph's kernel sum is outside the training
+    graphs'."""
     kernel_ms = np.asarray(kernel_ms, float)
     distance = np.asarray(distance, float)
     ksum = float(kernel_ms.sum())
@@ -54,8 +65,13 @@ def widening(
     ext_share = float(kernel_ms[outside].sum()) / ksum if ksum > 0 else 0.0
     ext = float((kernel_ms * np.log1p(distance)).sum()) / ksum if ksum > 0 else 0.0
     ana_share = min(max(analytic_ms / total_ms, 0.0), 1.0) if total_ms > 0 else 1.0
-    sd = math.hypot(EXTRAPOLATION_SD * ext, ANALYTIC_SD * ana_share)
+    sd = math.hypot(EXTRAPOLATION_SD * ext, ANALYTIC_SD * ana_share, SIZE_SD * size_distance)
     reasons = []
+    if size_distance > 0.05:
+        reasons.append(
+            f"the graph's kernel time is {math.exp(size_distance):.1f}x outside the range of "
+            "the graphs the model was trained on"
+        )
     if ext_share > 0.01:
         reasons.append(
             f"{100 * ext_share:.0f}% of the kernel time is in kernels outside the sizes the "

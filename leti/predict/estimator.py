@@ -24,7 +24,7 @@ import pandas as pd
 from leti.core import socs
 from leti.core.errors import LetiError
 from leti.core.records import Graph, KernelPlan, Layer, LayerTime, Prediction, Unsupported
-from leti.frontend.features import kernels_frame
+from leti.frontend.features import graph_features, kernels_frame
 from leti.frontend.fusion import QUANTIZED_OPS
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
@@ -114,13 +114,31 @@ class Estimator:
         split = predict_kernel_ms(self.kernels, plans)
         totals, _ = corrected_totals(plans, split, self.corrector, floor_ms=0.0)
         distances = _extrapolation(self.kernels, plans)
+        sizes = np.zeros(len(plans))
+        if isinstance(self.corrector, GraphOverhead) and len(plans):
+            x = np.array([graph_features(p, ms) for p, ms in zip(plans, split, strict=True)])
+            sizes = self.corrector.size_extrapolation(x)
         return [
-            self._assemble(p, ms, float(t), d)
-            for p, ms, t, d in zip(plans, split, totals, distances, strict=True)
+            self._assemble(p, ms, float(t), d, float(s))
+            for p, ms, t, d, s in zip(plans, split, totals, distances, sizes, strict=True)
         ]
 
+    def _unmeasured_ms(self, plan: KernelPlan, layers: Sequence[LayerTime]) -> float:
+        """The time priced without measurements of its op family: kernels with a borrowed
+        efficiency, and standalone ops of types no training graph had (the others' terms were
+        fitted on end-to-end timings of graphs that contained them)."""
+        seen = set(getattr(self.corrector, "seen_ops", ()))
+        unseen = {la.name for la in plan.overhead if la.op_type not in seen}
+        return sum(
+            lt.ms
+            for lt in layers
+            if lt.ms > 0
+            and lt.priced == "analytic"
+            and (lt.kernel != "standalone" or lt.name in unseen)
+        )
+
     def _assemble(
-        self, plan: KernelPlan, ms: np.ndarray, total: float, distance: np.ndarray
+        self, plan: KernelPlan, ms: np.ndarray, total: float, distance: np.ndarray, size: float
     ) -> Prediction:
         kernel_sum = float(ms.sum())
         lo, hi = self.log_interval
@@ -131,8 +149,7 @@ class Estimator:
             total = float(self.calibration.apply(total, terms))
             lo, hi = self.calibration.interval
         layers = self._breakdown(plan, ms, total)
-        analytic = sum(lt.ms for lt in layers if lt.priced == "analytic" and lt.ms > 0)
-        wide = widening(ms, distance, analytic, total)
+        wide = widening(ms, distance, self._unmeasured_ms(plan, layers), total, size)
         lo, hi = lo - wide.log_units, hi + wide.log_units
         unsupported = _group_unsupported(plan)
         return Prediction(

@@ -156,7 +156,7 @@ class FittedPipeline:
     @property
     def graph_stage(self) -> str:
         if isinstance(self.corrector, GraphOverhead):
-            return "structural"
+            return "structural+launches" if self.corrector.per_kernel else "structural"
         return "constant" if self.corrector.constant else "trees"
 
 
@@ -169,12 +169,31 @@ def _graph_stage_candidates(method: str, soc: str = "") -> dict[str, Callable[[]
             "constant": lambda: GraphCorrector(constant=True),
         }
     hw = socs.resolve(soc)
-    # The free-form trees stay a candidate: chosen only where their out-of-fold error beats
-    # the structural stage's (on A12 Metal, whose data lacks the elementwise kernels' times).
+    # Simplest first: a term is kept only where it earns its place out of fold (see
+    # `SIMPLER_WITHIN`). The per-kernel term makes a NAS family rank by kernel count rather than
+    # by kernel time; the free-form trees stay for data the structural stage cannot explain
+    # (A12 Metal, whose rows lack the elementwise kernels' times).
     return {
-        "structural": lambda: GraphOverhead.for_hardware(hw),
+        "structural": lambda: GraphOverhead.for_hardware(hw, per_kernel=False),
+        "structural+launches": lambda: GraphOverhead.for_hardware(hw, per_kernel=True),
         "trees": lambda: GraphCorrector(constant=False),
     }
+
+
+#: A graph stage is chosen over a simpler one only when its out-of-fold mean absolute log
+#: error is below (1 - SIMPLER_WITHIN) x the simpler one's: a few percent on 60-odd graphs is
+#: within the noise of the folds, and the simpler stage extrapolates more predictably.
+SIMPLER_WITHIN = 0.05
+
+
+def _choose_stage(errors: Mapping[str, float]) -> str:
+    """The first (simplest) candidate whose error no later one beats by `SIMPLER_WITHIN`."""
+    names = list(errors)
+    best = names[0]
+    for name in names[1:]:
+        if errors[name] < (1 - SIMPLER_WITHIN) * errors[best]:
+            best = name
+    return best
 
 
 def fit_pipeline(
@@ -198,9 +217,13 @@ def fit_pipeline(
         for name, resid in candidates.items():
             c = makers[name]().fit(x[rest], y[rest])
             resid[idx] = y[idx] - c.predict(x[idx])
-    best = min(candidates, key=lambda name: float(np.abs(candidates[name]).mean()))
+    best = _choose_stage({name: float(np.abs(r).mean()) for name, r in candidates.items()})
     resid = candidates[best]
     corrector = makers[best]().fit(x, y)
+    if isinstance(corrector, GraphOverhead):
+        corrector.seen_ops = tuple(
+            sorted({la.op_type for m in train_models for la in ts.plans[m].overhead})
+        )
     lo, hi = np.quantile(resid, [0.05, 0.95]) if len(resid) >= 5 else (-0.3, 0.3)
     kernels = fit_kernels(ts, exclude=held_out, method=method)
     return FittedPipeline(kernels, corrector, (float(lo), float(hi)), resid, method)
