@@ -35,24 +35,11 @@ from leti.core.errors import (
 )
 from leti.core.records import Graph, Layer, Shape
 from leti.frontend.shapes import (
-    BROADCAST_OPS,
-    CONV_OPS,
-    GLOBAL_POOL_OPS,
-    MATMUL_B_INDEX,
-    POOL_OPS,
-    REDUCE_OPS,
-    RNN_GATES,
-    SAME_SHAPE_OPS,
     Consts,
     Node,
-    attention_sizes,
+    build_layer,
     check_text,
-    conv_geometry,
-    conv_weight,
-    einsum_sizes,
     fill_unknown_shapes,
-    numel,
-    rnn_sizes,
     valid_shape,
 )
 from leti.frontend.weights import strip_constant_nodes, strip_initializers_into
@@ -69,24 +56,6 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview | onnx.ModelPro
 _NONDETERMINISTIC = frozenset(
     {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
 )
-
-_SPATIAL_KEYS = frozenset({"kernel_shape", "strides", "pads", "dilations", "group", "auto_pad"})
-_ELEMENTWISE = (SAME_SHAPE_OPS | BROADCAST_OPS | {"Resize", "Upsample"}) - {
-    "Identity", "Cast", "CastLike", "Dropout", "LRN",
-}  # fmt: skip
-# FLOPs per output element where one is far off. Approximate operation counts, not timings:
-# a normalization computes statistics (mean 1, variance 3, normalize 2, scale and shift 2),
-# a softmax takes the max, subtracts, exponentiates, sums and divides; inference BatchNorm is
-# a scale and a shift; GELU evaluates erf or tanh with a few multiplies around it.
-_PER_ELEMENT: Mapping[str, int] = {
-    "BatchNormalization": 2, "InstanceNormalization": 8, "LayerNormalization": 8,
-    "GroupNormalization": 8, "MeanVarianceNormalization": 8, "SkipLayerNormalization": 10,
-    "SimplifiedLayerNormalization": 5, "SkipSimplifiedLayerNormalization": 7,
-    "Softmax": 5, "LogSoftmax": 5, "QLinearSoftmax": 7, "BiasSoftmax": 6,
-    "Gelu": 8, "FastGelu": 8, "Swish": 2, "BiasGelu": 9, "QuickGelu": 4, "Mish": 5, "Softplus": 3,
-    "BiasAdd": 2, "QuantizeLinear": 3, "DequantizeLinear": 2, "DynamicQuantizeLinear": 5,
-    "QLinearAdd": 5, "QLinearMul": 5, "QLinearSigmoid": 5, "QLinearLeakyRelu": 5,
-}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- limits
@@ -466,145 +435,6 @@ def _topological(nodes: Sequence[Node], available: set[str]) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- layers
-
-
-def _as_2d(
-    geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]],
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """1-D conv/pool as 2-D with H = 1, so later stages see one layout."""
-    kernel, strides, pads, dilations = geometry
-    if len(kernel) != 1:
-        return geometry
-    return (1, *kernel), (1, *strides), (0, pads[0], 0, pads[1]), (1, *dilations)
-
-
-def layer_flops(
-    op: str,
-    ins: Sequence[Shape | None],
-    outs: Sequence[Shape | None],
-    attrs: Mapping[str, Any],
-    kernel: Sequence[int],
-    group: int,
-) -> int:
-    """2 x MACs for conv/matmul/recurrent/attention ops; window size x outputs for pools; one op
-    per element for elementwise ops (more for softmax, normalizations, GELU: `_PER_ELEMENT`).
-
-    Every op that computes something gets a nonzero count when its shapes are known: the cost
-    model prices ops it has no measurements of from these counts.
-    """
-    x = ins[0] if ins else None
-    y = outs[0] if outs else None
-    if op == "ConvTranspose":  # every input pixel scatters a C_out/group x kernel window
-        w = conv_weight(op, ins)
-        if x is None or w is None or len(w) < 3:
-            return 0
-        return 2 * numel(x) * numel(w[1:])
-    if op in CONV_OPS:  # Conv and its quantized / fused forms, any rank
-        w = conv_weight(op, ins)
-        if y is None:
-            return 0
-        if w is not None and len(w) > 2:
-            return 2 * numel(y) * numel(w[1:])
-        if x is not None and len(x) > 1 and kernel:
-            return 2 * numel(y) * (x[1] // max(group, 1)) * numel(kernel)
-        return 0
-    if op in POOL_OPS:
-        return numel(y) * numel(kernel) if y is not None else 0
-    if op in GLOBAL_POOL_OPS or op in REDUCE_OPS:
-        return numel(x) if x is not None else 0
-    if op in ("Gemm", "FusedGemm"):
-        if x is None or y is None or len(x) != 2:
-            return 0
-        k = x[0] if attrs.get("transA", 0) else x[1]
-        return 2 * numel(y) * k
-    if op in MATMUL_B_INDEX:
-        if x is None or y is None or not x:
-            return 0
-        k = x[-2] if op == "FusedMatMul" and attrs.get("transA", 0) and len(x) > 1 else x[-1]
-        return 2 * numel(y) * k
-    if op in RNN_GATES:  # per step and sequence: the gate matmuls over [x, h], bias, nonlinearity
-        rnn = rnn_sizes(op, attrs, ins)
-        if rnn is None:
-            return 0
-        per_step = rnn.gates * rnn.hidden * (2 * (rnn.input + rnn.hidden) + 3)
-        return rnn.seq * rnn.batch * rnn.dirs * per_step
-    if op == "Einsum":
-        sized = einsum_sizes(str(attrs.get("equation", "")), ins)
-        return sized[0] if sized is not None else 0
-    if op in ("Attention", "MultiHeadAttention"):
-        att = attention_sizes(op, attrs, ins)
-        return att.flops if att is not None else 0
-    if y is None:
-        return 0
-    if op in _PER_ELEMENT:
-        return _PER_ELEMENT[op] * numel(y)
-    if op == "LRN":
-        return numel(y) * int(attrs.get("size", 1))
-    if op in ("Sum", "Max", "Min", "Mean") and len(ins) > 2:
-        return numel(y) * (len(ins) - 1)
-    if op in _ELEMENTWISE:
-        return numel(y)
-    return 0
-
-
-def build_layer(
-    op: str,
-    name: str,
-    inputs: Sequence[str],
-    outputs: Sequence[str],
-    attrs: dict[str, Any],
-    ins: tuple[Shape | None, ...],
-    outs: tuple[Shape | None, ...],
-    consts: set[str] | frozenset[str],
-) -> Layer:
-    """A `Layer` from an ONNX-style op: its ONNX attributes (`kernel_shape`, `strides`, `pads`,
-    `dilations`, `group` become the spatial fields), input and output shapes, and which inputs
-    are weights (`consts`). Every front end builds its records here, so FLOPs, params and bytes
-    are counted one way."""
-    kernel: tuple[int, ...] = ()
-    strides: tuple[int, ...] = ()
-    pads: tuple[int, ...] = ()
-    dilations: tuple[int, ...] = ()
-    group = 1
-    x = ins[0] if ins else None
-    if op in CONV_OPS or op in POOL_OPS:
-        w = conv_weight(op, ins)
-        geometry = conv_geometry(op, attrs, x, w)
-        if geometry is not None:
-            kernel, strides, pads, dilations = _as_2d(geometry)
-        if op in CONV_OPS:
-            group = int(attrs.get("group", 1))
-        attrs = {k: v for k, v in attrs.items() if k not in _SPATIAL_KEYS}
-    elif op in GLOBAL_POOL_OPS and x is not None and len(x) > 2:
-        r = len(x) - 2
-        kernel, strides, pads, dilations = _as_2d((x[2:], (1,) * r, (0,) * (2 * r), (1,) * r))
-    params = 0
-    moved = 0
-    for i, s in zip(inputs, ins, strict=True):
-        if s is None:
-            continue
-        if i in consts:
-            params += numel(s)
-        else:
-            moved += numel(s)
-    moved += sum(numel(s) for s in outs if s is not None)
-    return Layer(
-        name=name,
-        op_type=op,
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        input_shapes=ins,
-        output_shapes=outs,
-        kernel_shape=kernel,
-        strides=strides,
-        pads=pads,
-        dilations=dilations,
-        group=group,
-        flops=layer_flops(op, ins, outs, attrs, kernel, group),
-        params=params,
-        bytes_moved=4 * (moved + params),
-        attrs=tuple(sorted(attrs.items())),
-    )
 
 
 # ---------------------------------------------------------------------------- parse

@@ -31,10 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from leti.core import settings
 from leti.core.errors import GraphError, LetiError, TooManyLayersError
 from leti.core.records import Graph, Layer, Shape
-from leti.frontend.graph import ENV_MAX_LAYERS, build_layer, max_graph_layers
-from leti.frontend.shapes import numel
+from leti.frontend.shapes import build_layer, numel
 
 MAGIC = b"7767517"
 _MAX_BLOBS_PER_LAYER = 4096
@@ -881,12 +881,12 @@ def parse_param(
     propagated from the inputs. The caller checks the size limit (`parse_graph` does).
     """
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    limit = max_graph_layers(max_layers)
+    limit = settings.max_layers(settings.DEFAULT_MAX_LAYERS) if max_layers is None else max_layers
     _, blob_count, lines = _read_text(raw, where)
     if len(lines) > limit:
         raise TooManyLayersError(
             f"{where}: {len(lines):,} layers, over the limit of {limit:,} "
-            f"(set {ENV_MAX_LAYERS} to change it)"
+            f"(set {settings.MAX_LAYERS} to change it)"
         )
     given = dict(input_shapes or {})
     declared_inputs = [ln.outputs[0] for ln in lines if ln.type == "Input" and ln.outputs]
