@@ -368,16 +368,35 @@ def _pooling(line: _Line, ctx: _Context, x: Shape) -> list[_Out]:
         raise ValueError(f"unknown pooling_type 0={kind}")
     if _int(p, 4, 0):
         op = "GlobalMaxPool" if kind == 0 else "GlobalAveragePool"
-        return [_Out(op, line.name, [line.inputs[0]], [line.outputs[0]], {},
-                     [(1, c, h, w)], [(c,)], [(1, c, 1, 1)])]  # fmt: skip
+        return [
+            _Out(
+                op,
+                line.name,
+                [line.inputs[0]],
+                [line.outputs[0]],
+                {},
+                [(1, c, h, w)],
+                [(c,)],
+                [(1, c, 1, 1)],
+            )
+        ]
     op = "MaxPool" if kind == 0 else "AveragePool"
     if _int(p, 7, 0):  # adaptive: the windows ncnn computes, averaged to one size
         ow = _int(p, 8, 0) or w
         oh = _int(p, 18, ow) or h
         kh_, kw_ = -(-h // oh), -(-w // ow)
         attrs = {"kernel_shape": (kh_, kw_), "strides": (max(h // oh, 1), max(w // ow, 1))}
-        return [_Out(op, line.name, [line.inputs[0]], [line.outputs[0]], attrs,
-                     [(1, c, h, w)], [(c, oh, ow)])]  # fmt: skip
+        return [
+            _Out(
+                op,
+                line.name,
+                [line.inputs[0]],
+                [line.outputs[0]],
+                attrs,
+                [(1, c, h, w)],
+                [(c, oh, ow)],
+            )
+        ]
     kw = _int(p, 1, 0)
     kh = _int(p, 11, kw)
     sw = _int(p, 2, 1)
@@ -406,8 +425,11 @@ def _pooling(line: _Line, ctx: _Context, x: Shape) -> list[_Out]:
     if oh < 1 or ow < 1:
         raise ValueError(f"the window does not fit the {h}x{w} input")
     attrs = {"kernel_shape": (kh, kw), "strides": (sh, sw), "pads": pads}
-    return [_Out(op, line.name, [line.inputs[0]], [line.outputs[0]], attrs,
-                 [(1, c, h, w)], [(c, oh, ow)])]  # fmt: skip
+    return [
+        _Out(
+            op, line.name, [line.inputs[0]], [line.outputs[0]], attrs, [(1, c, h, w)], [(c, oh, ow)]
+        )
+    ]
 
 
 def _fc(line: _Line, ctx: _Context, x: Shape) -> list[_Out]:
@@ -436,16 +458,33 @@ def _fc(line: _Line, ctx: _Context, x: Shape) -> list[_Out]:
             ctx.weight(f"{name}.b_scale", (n,)), ctx.weight(f"{name}.b_zero_point", (n,)),
             ctx.weight(f"{name}.y_scale", ()), ctx.weight(f"{name}.y_zero_point", ()),
         ]  # fmt: skip
-        fc = _Out("QLinearMatMul", name, inputs, [line.outputs[0]], {},
-                  [shape_in] + [None] * 7, [out], [(1, *out)])  # fmt: skip
+        fc = _Out(
+            "QLinearMatMul",
+            name,
+            inputs,
+            [line.outputs[0]],
+            {},
+            [shape_in] + [None] * 7,
+            [out],
+            [(1, *out)],
+        )
     elif len(shape_in) == 2:
         inputs = [line.inputs[0], ctx.weight(f"{name}.weight", (n, k)), *bias]
-        fc = _Out("Gemm", name, inputs, [line.outputs[0]], {"transB": 1},
-                  [shape_in] + [None] * (len(inputs) - 1), [out], [(1, n)])  # fmt: skip
+        fc = _Out(
+            "Gemm",
+            name,
+            inputs,
+            [line.outputs[0]],
+            {"transB": 1},
+            [shape_in] + [None] * (len(inputs) - 1),
+            [out],
+            [(1, n)],
+        )
     else:
         inputs = [line.inputs[0], ctx.weight(f"{name}.weight", (k, n))]
-        fc = _Out("MatMul", name, inputs, [line.outputs[0]], {"bias": len(bias)},
-                  [shape_in, None], [out])  # fmt: skip
+        fc = _Out(
+            "MatMul", name, inputs, [line.outputs[0]], {"bias": len(bias)}, [shape_in, None], [out]
+        )
     return _activation(line, ctx, fc, out)
 
 
@@ -475,8 +514,7 @@ def _gemm(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
     out = (*a[:-2], m, n)
     inputs = [line.inputs[0], b_name]
     attrs = {"transA": trans_a, "bias": _int(p, 6, 0)}
-    return [_Out("MatMul", name, inputs, [line.outputs[0]], attrs,
-                 [(1, *a), b_shape], [out])]  # fmt: skip
+    return [_Out("MatMul", name, inputs, [line.outputs[0]], attrs, [(1, *a), b_shape], [out])]
 
 
 def _attention(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
@@ -508,17 +546,43 @@ def _attention(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
             raise ValueError(f"{tag} has {shape[1]} features, the layer expects {width}")
         out_blob = f"{name}/{tag}"
         w = ctx.weight(f"{name}.{tag}_weight", (width, e))
-        outs.append(_Out("MatMul", f"{name}/{tag}_proj", [blob, w], [out_blob], {"bias": 1},
-                         [(1, *shape), None], [(shape[0], e)]))  # fmt: skip
+        outs.append(
+            _Out(
+                "MatMul",
+                f"{name}/{tag}_proj",
+                [blob, w],
+                [out_blob],
+                {"bias": 1},
+                [(1, *shape), None],
+                [(shape[0], e)],
+            )
+        )
         projected.append((out_blob, (1, shape[0], e)))
     inputs = [b for b, _ in projected]
     mask = [line.inputs[3]] if _int(p, 5, 0) and len(line.inputs) > 3 else []
-    outs.append(_Out("MultiHeadAttention", f"{name}/attention", inputs + mask, [f"{name}/attn"],
-                     {"num_heads": heads}, [s for _, s in projected] + [None] * len(mask),
-                     [(q[0], e)]))  # fmt: skip
+    outs.append(
+        _Out(
+            "MultiHeadAttention",
+            f"{name}/attention",
+            inputs + mask,
+            [f"{name}/attn"],
+            {"num_heads": heads},
+            [s for _, s in projected] + [None] * len(mask),
+            [(q[0], e)],
+        )
+    )
     w = ctx.weight(f"{name}.out_weight", (e, e))
-    outs.append(_Out("MatMul", name, [f"{name}/attn", w], [line.outputs[0]], {"bias": 1},
-                     [(1, q[0], e), None], [(q[0], e)]))  # fmt: skip
+    outs.append(
+        _Out(
+            "MatMul",
+            name,
+            [f"{name}/attn", w],
+            [line.outputs[0]],
+            {"bias": 1},
+            [(1, q[0], e), None],
+            [(q[0], e)],
+        )
+    )
     return outs
 
 
@@ -690,29 +754,37 @@ def _convert(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
         c = x[0]
         w = [ctx.weight(f"{name}.{k}", (c,)) for k in ("scale", "bias", "mean", "var")]
         return same("BatchNormalization", {"epsilon": _float(p, 1, 0.0)}, w)
-    if t == "Scale":
+    if t == "Scale":  # per-channel scale (and bias): a weight, or a second blob (0=-233)
         n = _int(p, 0, 1)
-        extra = (
-            [] if n == -233 else [ctx.weight(f"{name}.scale", (n, 1, 1) if len(x) == 3 else (n,))]
-        )
-        if n == -233:
-            extra = [ins[1]]
-        return [_Out("Mul", name, [ins[0], *extra], [outs[0]], {"bias": _int(p, 1, 0)},
-                     out_shapes=[x])]  # fmt: skip
+        if n == -233 and len(ins) > 1:
+            scale = ins[1]
+        else:
+            scale = ctx.weight(f"{name}.scale", (n, 1, 1) if len(x) == 3 else (n,))
+        return same("Mul", {"bias": _int(p, 1, 0)}, [scale])
     if t == "Bias":
         return same(
             "Add", extra=[ctx.weight(f"{name}.bias", (x[0], 1, 1) if len(x) == 3 else (x[0],))]
         )
     if t in ("LayerNorm", "InstanceNorm", "GroupNorm"):
-        op = {"LayerNorm": "LayerNormalization", "InstanceNorm": "InstanceNormalization",
-              "GroupNorm": "GroupNormalization"}[t]  # fmt: skip
-        affine = _int(p, 2, 1) if t == "LayerNorm" else _int(p, 2, 1)
+        op = {
+            "LayerNorm": "LayerNormalization",
+            "InstanceNorm": "InstanceNormalization",
+            "GroupNorm": "GroupNormalization",
+        }[t]
+        affine = _int(p, 2, 1)
         size = _int(p, 0, x[-1]) if t == "LayerNorm" else x[0]
         w = [ctx.weight(f"{name}.{k}", (size,)) for k in ("scale", "bias")] if affine else []
         return same(op, {"epsilon": _float(p, 1, 1e-5)}, w)
     if t == "LRN":
-        return same("LRN", {"size": _int(p, 1, 5), "alpha": _float(p, 2, 1.0),
-                            "beta": _float(p, 3, 0.75), "bias": _float(p, 4, 1.0)})  # fmt: skip
+        return same(
+            "LRN",
+            {
+                "size": _int(p, 1, 5),
+                "alpha": _float(p, 2, 1.0),
+                "beta": _float(p, 3, 0.75),
+                "bias": _float(p, 4, 1.0),
+            },
+        )
     if t == "Softmax":
         return same("Softmax", {"axis": _axis(_int(p, 0, 0), len(x)) + 1})
     if t == "BinaryOp":
@@ -727,8 +799,17 @@ def _convert(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
         a, b = (ins[1], ins[0]) if code in (7, 8, 9, 11) else (ins[0], ins[1])
         sa, sb = (shapes[1], shapes[0]) if code in (7, 8, 9, 11) else (shapes[0], shapes[1])
         out = _broadcast(shapes[0], shapes[1])
-        return [_Out(_BINARY[code], name, [a, b], [outs[0]], {"ncnn_op": code},
-                     [(1, *sa), (1, *sb)], [out])]  # fmt: skip
+        return [
+            _Out(
+                _BINARY[code],
+                name,
+                [a, b],
+                [outs[0]],
+                {"ncnn_op": code},
+                [(1, *sa), (1, *sb)],
+                [out],
+            )
+        ]
     if t == "Eltwise":
         code = _int(p, 0, 1)
         op = {0: "Mul", 1: "Add" if len(ins) <= 2 else "Sum", 2: "Max"}.get(code)
@@ -773,14 +854,23 @@ def _convert(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
         if oh < 1 or ow < 1:
             raise ValueError(f"resizing {h}x{w} gives {oh}x{ow}")
         mode = {1: "nearest", 2: "linear", 3: "cubic"}.get(_int(p, 0, 1), "nearest")
-        return [_Out("Resize", name, [ins[0]], [outs[0]], {"mode": mode},
-                     [(1, c, h, w)], [(c, oh, ow)])]  # fmt: skip
+        return [
+            _Out("Resize", name, [ins[0]], [outs[0]], {"mode": mode}, [(1, c, h, w)], [(c, oh, ow)])
+        ]
     if t == "Permute":
         out, perm = _permute(_int(p, 0, 0), x)
         if perm == tuple(range(len(x))):
             return [_Out("Identity", name, [ins[0]], [outs[0]], {}, out_shapes=[x])]
-        return [_Out("Transpose", name, [ins[0]], [outs[0]], {"perm": (0, *(i + 1 for i in perm))},
-                     out_shapes=[out])]  # fmt: skip
+        return [
+            _Out(
+                "Transpose",
+                name,
+                [ins[0]],
+                [outs[0]],
+                {"perm": (0, *(i + 1 for i in perm))},
+                out_shapes=[out],
+            )
+        ]
     if t == "ShuffleChannel":  # a channel shuffle is a transpose of (groups, C / groups)
         return same("Transpose", {"group": _int(p, 0, 1)})
     if t == "Reshape":
@@ -798,16 +888,34 @@ def _convert(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
         axes = set(range(len(x))) if _int(p, 1, 1) or not axes_raw else {
             _axis(int(a) - shift, len(x)) for a in axes_raw
         }  # fmt: skip
-        out = tuple(1 if i in axes else d for i, d in enumerate(x)) if keep else tuple(
-            d for i, d in enumerate(x) if i not in axes
-        ) or (1,)  # fmt: skip
+        out = (
+            tuple(1 if i in axes else d for i, d in enumerate(x))
+            if keep
+            else tuple(d for i, d in enumerate(x) if i not in axes) or (1,)
+        )
         record = (1, *out) if keep or len(out) < len(x) else (1, *out)
-        return [_Out(_REDUCE[code], name, [ins[0]], [outs[0]],
-                     {"axes": tuple(sorted(a + 1 for a in axes)), "keepdims": keep},
-                     out_shapes=[out], record_out=[record])]  # fmt: skip
+        return [
+            _Out(
+                _REDUCE[code],
+                name,
+                [ins[0]],
+                [outs[0]],
+                {"axes": tuple(sorted(a + 1 for a in axes)), "keepdims": keep},
+                out_shapes=[out],
+                record_out=[record],
+            )
+        ]
     if t in ("Noop", "Dropout"):
-        return [_Out("Identity" if t == "Noop" else "Dropout", name, list(ins), [outs[0]], {},
-                     out_shapes=[x])]  # fmt: skip
+        return [
+            _Out(
+                "Identity" if t == "Noop" else "Dropout",
+                name,
+                list(ins),
+                [outs[0]],
+                {},
+                out_shapes=[x],
+            )
+        ]
     if t == "PriorBox":
         c, h, w = _chw(x)
         return [
@@ -825,14 +933,49 @@ def _convert(line: _Line, ctx: _Context, shapes: list[Shape]) -> list[_Out]:
 # Every ncnn layer type `_convert` understands, plus the ones the graph itself resolves.
 LAYER_TYPES = frozenset(
     {
-        "Convolution", "ConvolutionDepthWise", "Deconvolution", "DeconvolutionDepthWise",
-        "Pooling", "InnerProduct", "Gemm", "MultiHeadAttention", "ReLU", "Clip", "HardSigmoid",
-        "HardSwish", "ELU", "PReLU", "UnaryOp", "BatchNorm", "Scale", "Bias", "LayerNorm",
-        "InstanceNorm", "GroupNorm", "LRN", "Softmax", "BinaryOp", "Eltwise", "Concat", "Slice",
-        "Crop", "Padding", "Interp", "Permute", "ShuffleChannel", "Reshape", "Flatten",
-        "Reduction", "Noop", "Input", "MemoryData", "Split", *_SIMPLE, *DETECTION_TYPES,
+        "Convolution",
+        "ConvolutionDepthWise",
+        "Deconvolution",
+        "DeconvolutionDepthWise",
+        "Pooling",
+        "InnerProduct",
+        "Gemm",
+        "MultiHeadAttention",
+        "ReLU",
+        "Clip",
+        "HardSigmoid",
+        "HardSwish",
+        "ELU",
+        "PReLU",
+        "UnaryOp",
+        "BatchNorm",
+        "Scale",
+        "Bias",
+        "LayerNorm",
+        "InstanceNorm",
+        "GroupNorm",
+        "LRN",
+        "Softmax",
+        "BinaryOp",
+        "Eltwise",
+        "Concat",
+        "Slice",
+        "Crop",
+        "Padding",
+        "Interp",
+        "Permute",
+        "ShuffleChannel",
+        "Reshape",
+        "Flatten",
+        "Reduction",
+        "Noop",
+        "Input",
+        "MemoryData",
+        "Split",
+        *_SIMPLE,
+        *DETECTION_TYPES,
     }
-)  # fmt: skip
+)
 # The types whose output shape is data-dependent: `_convert` gives an upper bound.
 DATA_DEPENDENT = frozenset({"DetectionOutput", "YoloDetectionOutput", "Yolov3DetectionOutput"})
 
@@ -1013,7 +1156,7 @@ def parse_param(
                     in_shapes,
                     out_records,
                     frozenset(ctx.weights),
-                )  # fmt: skip
+                )
             )
     del blob_count  # ncnn counts Split outputs too; the header's figure is informational
     outputs = tuple(
