@@ -8,15 +8,11 @@ import json
 import pickle
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from leti.evaluate import accuracy, accuracy_report, nb201
-from leti.frontend.features import kernels_frame
-from leti.frontend.fusion import plan
-from leti.frontend.graph import parse_graph
-from leti.measurements.schema import E2E_COLUMNS, KERNEL_COLUMNS
 from leti.train.fit import load_training_set
+from tests.helpers import write_synthetic_measurements
 
 SOC, RUNTIME = "snapdragon855", "tflite-gpu"
 NB201_ARCHS = [
@@ -25,51 +21,6 @@ NB201_ARCHS = [
     nb201.arch_string(["nor_conv_1x1", "skip_connect", "avg_pool_3x3"] * 2),
     nb201.arch_string(["avg_pool_3x3", "nor_conv_3x3", "none"] * 2),
 ]
-
-
-def _write_measurements(root, graphs):
-    """kernels.csv + e2e.csv in the documented schema; synthetic latencies from FLOPs."""
-    krows, erows = [], []
-    rng = np.random.default_rng(0)
-    for path in graphs:
-        p = plan(parse_graph(path), RUNTIME)
-        frame = kernels_frame(p.kernels)
-        flops = np.array([k.flops for k in p.kernels], float)
-        ms = 0.02 + flops / 2e8 * rng.uniform(0.9, 1.1, len(flops))  # synthetic
-        for i, (k, t) in enumerate(zip(p.kernels, ms, strict=True)):
-            row = dict(frame.iloc[i])
-            row.update(
-                soc=SOC,
-                runtime=RUNTIME,
-                model=path.stem,
-                source_row=i,
-                op=k.op_type,
-                w_in=k.w_in,
-                pad=k.pad,
-                flops=k.flops,
-                latency_ms=t,
-                gpu_kernel="",
-                source="synthetic",
-            )
-            krows.append(row)
-        erows.append(
-            dict(
-                soc=SOC,
-                runtime=RUNTIME,
-                model=path.stem,
-                latency_ms=1.3 * ms.sum() + 0.5,
-                std_ms=0.1,
-                flops=flops.sum(),
-                params_bytes=0,
-                graph=str(path),
-                source="synthetic",
-            )
-        )
-    folder = root / "synthetic"
-    folder.mkdir(parents=True)
-    pd.DataFrame(krows)[list(KERNEL_COLUMNS)].to_csv(folder / "kernels.csv", index=False)
-    pd.DataFrame(erows)[list(E2E_COLUMNS)].to_csv(folder / "e2e.csv", index=False)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +32,7 @@ def synthetic_root(tmp_path_factory, light_models):
         path = graphs_dir / f"nb201_{i}.onnx"
         path.write_bytes(nb201.build(arch).SerializeToString())
         graphs.append(path)
-    return _write_measurements(tmp_path_factory.mktemp("meas"), graphs)
+    return write_synthetic_measurements(tmp_path_factory.mktemp("meas"), graphs, SOC, RUNTIME)
 
 
 @pytest.fixture(scope="module")

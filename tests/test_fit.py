@@ -7,67 +7,18 @@ mechanics: grouped folds, out-of-fold corrector inputs, atomic model folders, ma
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from leti.evaluate.accuracy import evaluate_soc, metrics
-from leti.frontend.features import kernels_frame
-from leti.frontend.fusion import plan
-from leti.frontend.graph import parse_graph
-from leti.measurements.schema import E2E_COLUMNS, KERNEL_COLUMNS
 from leti.predict.estimator import Estimator
 from leti.train import fit as fit_mod
 from tests.helpers import assert_no_pickle as _assert_no_pickle
-
-
-def _synthetic_measurements(root, light_models, soc="snapdragon855", runtime="tflite-gpu"):
-    """kernels.csv + e2e.csv in the documented schema, with synthetic latencies."""
-    krows, erows = [], []
-    rng = np.random.default_rng(0)
-    for path in light_models:
-        p = plan(parse_graph(path), runtime)
-        frame = kernels_frame(p.kernels)
-        flops = np.array([k.flops for k in p.kernels], float)
-        ms = 0.02 + flops / 2e8 * rng.uniform(0.9, 1.1, len(flops))  # synthetic
-        for i, (k, t) in enumerate(zip(p.kernels, ms, strict=True)):
-            row = dict(frame.iloc[i])
-            row.update(
-                soc=soc,
-                runtime=runtime,
-                model=path.stem,
-                source_row=i,
-                op=k.op_type,
-                w_in=k.w_in,
-                pad=k.pad,
-                flops=k.flops,
-                latency_ms=t,
-                gpu_kernel="",
-                source="synthetic",
-            )
-            krows.append(row)
-        erows.append(
-            dict(
-                soc=soc,
-                runtime=runtime,
-                model=path.stem,
-                latency_ms=1.3 * ms.sum() + 0.5,
-                std_ms=0.1,
-                flops=flops.sum(),
-                params_bytes=0,
-                graph=str(path),
-                source="synthetic",
-            )
-        )
-    folder = root / "synthetic"
-    folder.mkdir(parents=True)
-    pd.DataFrame(krows)[list(KERNEL_COLUMNS)].to_csv(folder / "kernels.csv", index=False)
-    pd.DataFrame(erows)[list(E2E_COLUMNS)].to_csv(folder / "e2e.csv", index=False)
-    return root
+from tests.helpers import write_synthetic_measurements
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory, light_models):
-    return _synthetic_measurements(tmp_path_factory.mktemp("meas"), light_models)
+    return write_synthetic_measurements(tmp_path_factory.mktemp("meas"), light_models)
 
 
 def test_group_folds_are_disjoint_and_cover_every_model():

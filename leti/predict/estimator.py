@@ -367,6 +367,8 @@ def _with_calibration(est: Estimator, doc: Mapping) -> Estimator:
         "timings_sha256": doc["timings_sha256"],
         "base": doc["base"],
         "class_scales": bool(doc.get("class_scales")),
+        "form": doc.get("form", "log_affine"),
+        "offset_map": doc.get("offset_map"),
         "created": doc.get("created"),
     }
     return replace(
