@@ -123,6 +123,25 @@ def test_ncnn_vulkan_rules_match_what_the_graphs_show(bench):
     assert any("add" in k.fused for k in tfl.kernels)
 
 
+def test_ncnn_vulkan_rules_against_all_35_graphs(bench):
+    """What ncnn fuses is what the graphs show: the 9= activations ride on convolutions and
+    inner products; BinaryOp/Eltwise/Concat/Swish/HardSigmoid/GELU layers never merge into a
+    kernel. The rules (ncnnoptimize's) would also fuse 16 standalone activations that two old
+    graphs keep apart (15 HardSwish in mobilenet_v3, one ReLU in blazeface): pinned here."""
+    merged: Counter[str] = Counter()
+    for model in MODELS:
+        p = plan(bench_graph(bench, model), "ncnn-vulkan")
+        graph = {la.name: la for la in bench_graph(bench, model).layers}
+        for k in p.kernels:
+            for name in k.layers[1:]:
+                ncnn_type = graph[name].attr("ncnn_type")
+                assert ncnn_type not in ("BinaryOp", "Eltwise", "Concat", "Swish", "GELU"), name
+                assert ncnn_type != "HardSigmoid", name
+                if ncnn_type in ("ReLU", "Clip", "Sigmoid", "Mish", "HardSwish"):
+                    merged[f"{model}:{ncnn_type}"] += 1
+    assert merged == {"mobilenet_v3:HardSwish": 15, "blazeface:ReLU": 1}
+
+
 # ------------------------------------------------------------------------ the format
 
 TINY = """7767517
