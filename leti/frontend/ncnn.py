@@ -164,7 +164,7 @@ def _hint_shapes(values: tuple[Any, ...], n_out: int) -> list[Shape] | None:
     return out
 
 
-def _read_text(data: bytes, where: str) -> tuple[int, int, list[_Line]]:
+def _read_text(data: bytes, where: str) -> list[_Line]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -180,7 +180,7 @@ def _read_text(data: bytes, where: str) -> tuple[int, int, list[_Line]]:
     number, counts = rows[1]
     parts = counts.split()
     try:
-        layer_count, blob_count = (int(p) for p in parts)
+        layer_count, _blob_count = (int(p) for p in parts)  # ncnn sizes its blob table by it
     except ValueError:
         raise GraphError(
             f"{where}: line {number}: expected 'layer_count blob_count', got {counts[:80]!r}"
@@ -193,7 +193,7 @@ def _read_text(data: bytes, where: str) -> tuple[int, int, list[_Line]]:
     # ncnn reads exactly layer_count lines and ignores what follows (the benchmark's
     # nanodet_m.param has a trailing Noop it never runs): so does this reader
     lines = [_read_line(i, t, where) for i, t in rows[2 : 2 + layer_count]]
-    return layer_count, blob_count, lines
+    return lines
 
 
 # ---------------------------------------------------------------------------- conversion
@@ -1025,7 +1025,7 @@ def parse_param(
     """
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     limit = settings.max_layers(settings.DEFAULT_MAX_LAYERS) if max_layers is None else max_layers
-    _, blob_count, lines = _read_text(raw, where)
+    lines = _read_text(raw, where)
     if len(lines) > limit:
         raise TooManyLayersError(
             f"{where}: {len(lines):,} layers, over the limit of {limit:,} "
@@ -1158,7 +1158,6 @@ def parse_param(
                     frozenset(ctx.weights),
                 )
             )
-    del blob_count  # ncnn counts Split outputs too; the header's figure is informational
     outputs = tuple(
         b
         for b in ctx.shapes
