@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import operator
 import os
 import stat
 import struct
@@ -38,6 +37,7 @@ from leti.frontend.shapes import (
     Consts,
     Node,
     build_layer,
+    check_shape_arg,
     check_text,
     fill_unknown_shapes,
     valid_shape,
@@ -190,18 +190,6 @@ def _declared_dims(vi: onnx.ValueInfoProto) -> list[int | str] | None:
     return dims
 
 
-def _check_shape_arg(name: str, shape: Sequence[int]) -> Shape:
-    try:
-        dims = tuple(operator.index(d) for d in shape)
-    except TypeError as exc:
-        raise LetiError(
-            f"input_shapes[{name!r}] must be a sequence of ints, got {shape!r}"
-        ) from exc
-    if any(d < 1 for d in dims):
-        raise LetiError(f"input_shapes[{name!r}] has a dim < 1: {dims}")
-    return dims
-
-
 def _resolve_inputs(
     real_inputs: Sequence[onnx.ValueInfoProto], given: Mapping[str, Sequence[int]]
 ) -> tuple[dict[str, Shape], bool]:
@@ -215,7 +203,7 @@ def _resolve_inputs(
     for vi in real_inputs:
         declared = _declared_dims(vi)
         if vi.name in given:
-            shape = _check_shape_arg(vi.name, given[vi.name])
+            shape = check_shape_arg(vi.name, given[vi.name])
             if declared is not None and len(declared) != len(shape):
                 raise LetiError(
                     f"input_shapes[{vi.name!r}] has rank {len(shape)}, but the model declares "

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 from leti.core import settings
 from leti.core.errors import GraphError, LetiError, TooManyLayersError
 from leti.core.records import Graph, Layer, Shape
-from leti.frontend.shapes import build_layer, numel
+from leti.frontend.shapes import build_layer, check_shape_arg, numel
 
 MAGIC = b"7767517"
 _MAX_BLOBS_PER_LAYER = 4096
@@ -990,14 +989,7 @@ def _input_shape(line: _Line) -> Shape:
 
 
 def _given(name: str, shape: Sequence[int], declared: Shape) -> Shape:
-    try:
-        dims = tuple(operator.index(d) for d in shape)
-    except TypeError as exc:
-        raise LetiError(
-            f"input_shapes[{name!r}] must be a sequence of ints, got {shape!r}"
-        ) from exc
-    if any(d < 1 or d > _MAX_DIM for d in dims):
-        raise LetiError(f"input_shapes[{name!r}] has a dim out of range: {dims}")
+    dims = check_shape_arg(name, shape, _MAX_DIM)
     if len(dims) == len(declared) + 1 or (not declared and len(dims) == 4):
         if dims[0] != 1:
             raise LetiError(

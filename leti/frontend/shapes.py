@@ -9,6 +9,7 @@ None rather than raising. Nothing here imports `leti.frontend.graph`: the depend
 from __future__ import annotations
 
 import math
+import operator
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 import onnx
 from onnx import TensorProto
 
-from leti.core.errors import GraphError
+from leti.core.errors import GraphError, LetiError
 from leti.core.records import Layer, Shape
 
 # Convolutions and the input index of their weight: the quantized forms (QLinearConv takes
@@ -830,3 +831,19 @@ def build_layer(
         bytes_moved=4 * (moved + params),
         attrs=tuple(sorted(attrs.items())),
     )
+
+
+def check_shape_arg(name: str, shape: Sequence[int], max_dim: int | None = None) -> Shape:
+    """A caller's shape for input `name` (`input_shapes`, `--input-shape`, HTTP `input_shape`)
+    as a tuple of positive ints, or a clear error naming the input."""
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError as exc:
+        raise LetiError(
+            f"input_shapes[{name!r}] must be a sequence of ints, got {shape!r}"
+        ) from exc
+    if any(d < 1 for d in dims):
+        raise LetiError(f"input_shapes[{name!r}] has a dim < 1: {dims}")
+    if max_dim is not None and any(d > max_dim for d in dims):
+        raise LetiError(f"input_shapes[{name!r}] has a dim out of range: {dims}")
+    return dims
