@@ -436,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measurements_dir(p)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("predict", help="predict the end-to-end latency of an ONNX graph")
+    p = sub.add_parser(
+        "predict", help="predict the end-to-end latency of an ONNX graph or ncnn .param"
+    )
     p.add_argument("graph", type=Path)
     p.add_argument("--soc", required=True)
     p.add_argument("--runtime", default=None, help="default: tflite-gpu")

@@ -167,7 +167,7 @@ def _schemas() -> dict[str, Any]:
                 "graphs": {
                     "type": "array",
                     "items": {"type": "string", "format": "byte"},
-                    "description": "Base64-encoded ONNX models.",
+                    "description": "Base64-encoded ONNX models or ncnn .param texts.",
                 },
             },
         },
@@ -222,7 +222,8 @@ def build_spec(
     onnx_body = {
         "type": "string",
         "format": "binary",
-        "description": f"An ONNX model (graph-only is enough), at most {max_upload_mb} MB.",
+        "description": f"An ONNX model (graph-only is enough) or an ncnn .param text, at most "
+        f"{max_upload_mb} MB.",
     }
     common_errors = {
         "404": _error("Unknown SoC or runtime, or no model for them (lists the known ones)."),
@@ -236,12 +237,13 @@ def build_spec(
             "title": "leti",
             "version": version,
             "description": "Latency estimator for neural networks on mobile GPUs. Upload an "
-            "ONNX graph, get the predicted end-to-end and per-layer latency on a SoC.",
+            "ONNX graph or ncnn .param, get the predicted end-to-end and per-layer latency on "
+            "a SoC.",
         },
         "paths": {
             "/predict": {
                 "post": {
-                    "summary": "Predict the latency of one ONNX graph",
+                    "summary": "Predict the latency of one graph (ONNX or ncnn .param)",
                     "operationId": "predict",
                     "parameters": [_SOC, _RUNTIME, _INPUT_SHAPE, _LAYERS],
                     "requestBody": {
@@ -265,7 +267,7 @@ def build_spec(
                     },
                     "responses": {
                         "200": _json(_ref("Prediction"), "The prediction."),
-                        "400": _error("Malformed or truncated ONNX, or a bad parameter."),
+                        "400": _error("A malformed or truncated graph, or a bad parameter."),
                         "422": _error(
                             "Symbolic input dims without input_shape (names the input), or "
                             "too many layers."
