@@ -262,7 +262,7 @@ class FamilyConsistency:
     soc: str
     runtime: str
     model_version: str
-    graph_stage: str  # the manifest's training.corrector: "structural", "trees", "constant"
+    graph_stage: str  # the manifest's training.corrector ("structural", "structural+launches", ...)
     archs: list[str]
     totals: np.ndarray
     kernel_sums: np.ndarray
