@@ -98,7 +98,8 @@ METHOD_TEXT = {
     "previous": "the model before issue 9: per-kernel xgboost trees + free-form graph-level "
     "corrector (trees or a constant ratio, chosen out of fold)",
 }
-#: graph stage in a manifest -> the method that fits it
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}%"
 
