@@ -42,6 +42,10 @@ FRONTEND_BYTES_PER_ELEMENT = 4
 #: Floor of an analytic cost (ms): a kernel never costs less than a dispatch.
 MIN_ANALYTIC_MS = 1e-4
 META_FILE = "kernel_cost.json"
+#: The features that describe a kernel's size. The fused-op counts are left out of the
+#: extrapolation measure: sources tag fusions differently (the PyTorch rows time an activation
+#: on its own where the plan links it), and an unseen tag is not an unseen size.
+_SIZE_COLUMNS = [i for i, name in enumerate(KERNEL_FEATURES) if not name.startswith("fused_")]
 FORMAT = "leti-kernel-cost/1"
 _GLOBAL = "_all"
 
@@ -146,7 +150,7 @@ class KernelCosts(KindBoosters):
             span = np.maximum(hi - lo, np.maximum(0.5 * np.maximum(abs(lo), abs(hi)), 1.0))
             mask = kinds == kind
             past = np.maximum(lo - x[mask], 0) + np.maximum(x[mask] - hi, 0)
-            out[mask] = (past / span).max(axis=1)
+            out[mask] = (past / span)[:, _SIZE_COLUMNS].max(axis=1)
         # Training rows are single copies: a batch (or many fully-connected rows) is outside
         # the data too, though its work is exact; half a unit per doubling.
         batch = _column(geometry, "batch", 1.0, len(geometry)).clip(min=1)
