@@ -286,20 +286,35 @@ def _same_pads(
     return (large, small, out) if lower else (small, large, out)
 
 
+def _window(
+    p: Mapping[int, Any], kernel: int, stride: int, pad: int
+) -> tuple[int, int, int, int, int, int, int, int]:
+    """(kernel w, h, stride w, h, pad left, top, right, bottom) of a sliding window. ncnn
+    gives each one's width at its id and the height at id + 10 (defaulting to the width);
+    the top, right and bottom pads follow the left one at pad + 10, + 11, + 12."""
+    kw = _int(p, kernel, 0)
+    sw = _int(p, stride, 1)
+    pl = _int(p, pad, 0)
+    pt = _int(p, pad + 10, pl)
+    return (
+        kw,
+        _int(p, kernel + 10, kw),
+        sw,
+        _int(p, stride + 10, sw),
+        pl,
+        pt,
+        _int(p, pad + 11, pl),
+        _int(p, pad + 12, pt),
+    )
+
+
 def _conv(line: _Line, ctx: _Context, x: Shape, depthwise: bool, transposed: bool) -> list[_Out]:
     p = line.params
     c, h, w = _chw(x)
     c_out = _int(p, 0, 0)
-    kw = _int(p, 1, 0)
-    kh = _int(p, 11, kw)
+    kw, kh, sw, sh, pl, pt, pr, pb = _window(p, kernel=1, stride=3, pad=4)
     dw = _int(p, 2, 1)
     dh = _int(p, 12, dw)
-    sw = _int(p, 3, 1)
-    sh = _int(p, 13, sw)
-    pl = _int(p, 4, 0)
-    pt = _int(p, 14, pl)
-    pr = _int(p, 15, pl)
-    pb = _int(p, 16, pt)
     group = _int(p, 7, 1) if depthwise else 1
     if c_out < 1 or kw < 1 or kh < 1 or sw < 1 or sh < 1 or dw < 1 or dh < 1 or group < 1:
         raise ValueError("num_output, kernel, stride and dilation must be positive")
@@ -396,14 +411,7 @@ def _pooling(line: _Line, ctx: _Context, x: Shape) -> list[_Out]:
                 [(c, oh, ow)],
             )
         ]
-    kw = _int(p, 1, 0)
-    kh = _int(p, 11, kw)
-    sw = _int(p, 2, 1)
-    sh = _int(p, 12, sw)
-    pl = _int(p, 3, 0)
-    pt = _int(p, 13, pl)
-    pr = _int(p, 14, pl)
-    pb = _int(p, 15, pt)
+    kw, kh, sw, sh, pl, pt, pr, pb = _window(p, kernel=1, stride=2, pad=3)
     if kw < 1 or kh < 1 or sw < 1 or sh < 1:
         raise ValueError("kernel and stride must be positive")
     mode = _int(p, 5, 0)
