@@ -353,6 +353,59 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_socs(args: argparse.Namespace) -> int:
+    """`leti socs [--json]` lists every SoC; `leti socs add ...` defines your own board."""
+    import json
+
+    from leti.core import socs
+    from leti.predict.registry import available
+
+    root = _models_root(args.models_dir)
+    if getattr(args, "socs_command", None) == "add":
+        path = socs.add_user_soc(
+            root,
+            args.id,
+            name=args.name,
+            gpu=args.gpu,
+            family=args.family,
+            fp16_gflops=args.fp16_gflops,
+            fp32_gflops=args.fp32_gflops,
+            dram_gbps=args.dram_gbps,
+        )
+        print(f"added {args.id} ({args.name}, {args.gpu}) to {path}")
+        print(f"calibrate it: leti calibrate --soc {args.id} --measurements t.csv")
+        return 0
+    reg = socs.registry(root)
+    by_soc: dict[str, dict[str, dict]] = {}
+    for a in available(root):
+        by_soc.setdefault(a["soc"], {})[a["runtime"]] = {
+            "provenance": a["provenance"],
+            "model_version": a["model_version"],
+        }
+    rows = [
+        {
+            "id": sid,
+            "name": soc.name,
+            "gpu": soc.gpu,
+            "family": soc.family,
+            "user_defined": reg.is_user(sid),
+            "runtimes": by_soc.get(sid, {}),
+        }
+        for sid, soc in sorted(reg.socs.items())
+    ]
+    if args.json:
+        print(json.dumps({"models_dir": str(root), "socs": rows}, indent=2))
+        return 0
+    for r in rows:
+        mark = " [user-defined]" if r["user_defined"] else ""
+        print(f"{r['id']}: {r['name']} ({r['gpu']}){mark}")
+        if not r["runtimes"]:
+            print("  no model answers (yet)")
+        for rt, e in sorted(r["runtimes"].items()):
+            print(f"  {rt}: {e['provenance']} {e['model_version']}")
+    return 0
+
+
 def _models_root(arg: Path | None) -> Path:
     from leti.core.store import models_dir
 
@@ -487,6 +540,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--measurements", type=Path, required=True, help="CSV: graph,latency_ms")
     _add_models_dir(p)
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("socs", help="list every SoC and what answers for it; add your own board")
+    p.add_argument("--json", action="store_true")
+    _add_models_dir(p)
+    p.set_defaults(func=cmd_socs)
+    socs_sub = p.add_subparsers(dest="socs_command")
+    a = socs_sub.add_parser("add", help="define your own SoC in <models-dir>/socs.json")
+    a.add_argument("--id", required=True, help="lowercase letters, digits and dashes")
+    a.add_argument("--name", required=True)
+    a.add_argument("--gpu", required=True)
+    a.add_argument("--family", required=True, help="adreno, mali, powervr, apple or other")
+    a.add_argument("--fp16-gflops", required=True)
+    a.add_argument("--fp32-gflops", required=True)
+    a.add_argument("--dram-gbps", required=True)
+    a.add_argument("--models-dir", type=Path, default=argparse.SUPPRESS, help="as for `socs`")
+    a.set_defaults(func=cmd_socs)
 
     p = sub.add_parser("measure", help="collect per-kernel measurements on a device")
     add_measure_arguments(p)

@@ -56,6 +56,12 @@ class UnknownSocError(LetiError):
     kind = "unknown_soc"
 
 
+class SocRegistryError(LetiError):
+    """A user-defined SoC that cannot be added, or an unreadable `<models-dir>/socs.json`."""
+
+    kind = "invalid_soc"
+
+
 class UnknownRuntimeError(LetiError):
     status = 404
     kind = "unknown_runtime"

@@ -9,12 +9,17 @@ JSON edit, not a release.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
+from typing import Any
 
-from leti.core.errors import UnknownRuntimeError, UnknownSocError
+from leti.core.errors import SocRegistryError, UnknownRuntimeError, UnknownSocError
+from leti.core.store import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -46,25 +51,26 @@ def _raw() -> dict:
     return json.loads(resources.files("leti").joinpath("data/socs.json").read_text("utf-8"))
 
 
+def _soc(sid: str, d: dict) -> Soc:
+    return Soc(
+        id=sid,
+        name=d["name"],
+        gpu=d["gpu"],
+        vendor=d["vendor"],
+        family=d["family"],
+        arch_gen=float(d["arch_gen"]),
+        gpu_mhz=float(d["gpu_mhz"]),
+        fp32_gflops=float(d["fp32_gflops"]),
+        fp16_gflops=float(d["fp16_gflops"]),
+        dram_gbps=float(d["dram_gbps"]),
+        aliases=tuple(d["aliases"]),
+        phones={rt: tuple(p) for rt, p in d["phones"].items()},
+    )
+
+
 @cache
 def all_socs() -> dict[str, Soc]:
-    out = {}
-    for sid, d in _raw()["socs"].items():
-        out[sid] = Soc(
-            id=sid,
-            name=d["name"],
-            gpu=d["gpu"],
-            vendor=d["vendor"],
-            family=d["family"],
-            arch_gen=float(d["arch_gen"]),
-            gpu_mhz=float(d["gpu_mhz"]),
-            fp32_gflops=float(d["fp32_gflops"]),
-            fp16_gflops=float(d["fp16_gflops"]),
-            dram_gbps=float(d["dram_gbps"]),
-            aliases=tuple(d["aliases"]),
-            phones={rt: tuple(p) for rt, p in d["phones"].items()},
-        )
-    return out
+    return {sid: _soc(sid, d) for sid, d in _raw()["socs"].items()}
 
 
 @cache
@@ -83,6 +89,148 @@ def resolve(name: str) -> Soc:
         known = ", ".join(sorted(all_socs()))
         raise UnknownSocError(f"unknown SoC {name!r}; known SoCs: {known}", detail=known)
     return all_socs()[sid]
+
+
+# --------------------------------------------------------------------------------------------
+# User-defined SoCs: `<models-dir>/socs.json`, merged with the bundled registry
+
+USER_SOCS_FILE = "socs.json"
+USER_SOCS_FORMAT = "leti-user-socs/1"
+FAMILIES = ("adreno", "mali", "powervr", "apple", "other")
+_ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+#: The vendor of each family (a user SoC's `vendor`).
+_VENDORS = {"adreno": "qualcomm", "mali": "arm", "powervr": "imagination", "apple": "apple"}
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The SoCs one models dir knows: the bundled registry plus that dir's user-defined SoCs."""
+
+    socs: dict[str, Soc]
+    user: frozenset[str] = field(default_factory=frozenset)
+
+    def all(self) -> dict[str, Soc]:
+        return dict(self.socs)
+
+    def is_user(self, sid: str) -> bool:
+        return sid in self.user
+
+    def resolve(self, name: str) -> Soc:
+        if not self.user:
+            return resolve(name)
+        key = _norm(name or "")
+        for sid in sorted(self.user):
+            soc = self.socs[sid]
+            if key in {_norm(k) for k in (sid, soc.name, *soc.aliases)}:
+                return soc
+        try:
+            return resolve(name)
+        except UnknownSocError:
+            known = ", ".join(sorted(self.socs))
+            raise UnknownSocError(
+                f"unknown SoC {name!r}; known SoCs: {known}", detail=known
+            ) from None
+
+
+def user_socs_path(models_dir: str | os.PathLike[str]) -> Path:
+    return Path(models_dir) / USER_SOCS_FILE
+
+
+def read_user_socs(models_dir: str | os.PathLike[str] | None) -> dict[str, dict]:
+    """The raw user SoC entries of `<models_dir>/socs.json` (empty when there is none)."""
+    if models_dir is None:
+        return {}
+    path = user_socs_path(models_dir)
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SocRegistryError(f"{path}: unreadable user SoC registry: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("socs"), dict):
+        raise SocRegistryError(f"{path}: not a {USER_SOCS_FORMAT} document (no 'socs' object)")
+    return doc["socs"]
+
+
+def registry(models_dir: str | os.PathLike[str] | None = None) -> Registry:
+    """The bundled SoCs, plus the user-defined ones of `models_dir` (none: the bundled ones)."""
+    entries = read_user_socs(models_dir)
+    if not entries:
+        return Registry(all_socs())
+    merged = dict(all_socs())
+    for sid, d in entries.items():
+        if sid in merged:
+            continue  # a bundled id always wins
+        try:
+            merged[sid] = _soc(sid, d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SocRegistryError(
+                f"{user_socs_path(models_dir)}: bad entry {sid!r}: {exc}"
+            ) from None
+    return Registry(merged, frozenset(s for s in entries if s not in all_socs()))
+
+
+def _positive(name: str, value: float) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise SocRegistryError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise SocRegistryError(f"{name} must be a positive finite number, got {value!r}")
+    return x
+
+
+def user_soc_entry(
+    sid: str,
+    name: str,
+    gpu: str,
+    family: str,
+    fp16_gflops: float,
+    fp32_gflops: float,
+    dram_gbps: float,
+) -> dict:
+    """A validated `socs.json` entry for a user-defined SoC; raises ConfigError on bad input."""
+    if not isinstance(sid, str) or not _ID_RE.match(sid):
+        raise SocRegistryError(
+            f"SoC id {sid!r}: use lowercase letters, digits and single dashes (e.g. my-board)"
+        )
+    if sid in _alias_index().values() or _norm(sid) in _alias_index():
+        raise SocRegistryError(f"SoC id {sid!r} clashes with the bundled SoC {resolve(sid).id!r}")
+    for label, text in (("name", name), ("gpu", gpu)):
+        if not isinstance(text, str) or not text.strip():
+            raise SocRegistryError(f"{label} must be a non-empty string")
+    if _norm(name) in _alias_index():
+        raise SocRegistryError(f"name {name!r} clashes with the bundled SoC {resolve(name).id!r}")
+    if family not in FAMILIES:
+        raise SocRegistryError(f"unknown family {family!r}; known families: {', '.join(FAMILIES)}")
+    d = {
+        "name": name.strip(),
+        "aliases": [],
+        "gpu": gpu.strip(),
+        "vendor": _VENDORS.get(family, "other"),
+        "family": family,
+        "arch_gen": 0.0,
+        "gpu_mhz": 0.0,
+        "fp32_gflops": _positive("fp32_gflops", fp32_gflops),
+        "fp16_gflops": _positive("fp16_gflops", fp16_gflops),
+        "dram_gbps": _positive("dram_gbps", dram_gbps),
+        "phones": {},
+    }
+    return d
+
+
+def add_user_soc(models_dir: str | os.PathLike[str], sid: str, **fields: Any) -> Path:
+    """Validate a user-defined SoC and write it into `<models_dir>/socs.json` (atomically,
+    keeping the SoCs already there); raises SocRegistryError and writes nothing on bad input."""
+    entry = user_soc_entry(sid, **fields)
+    existing = read_user_socs(models_dir)
+    if sid in existing:
+        raise SocRegistryError(f"SoC id {sid!r} is already defined in {user_socs_path(models_dir)}")
+    for other, d in existing.items():
+        if _norm(d.get("name", "")) == _norm(entry["name"]):
+            raise SocRegistryError(f"name {entry['name']!r} is already used by {other!r}")
+    doc = {"format": USER_SOCS_FORMAT, "socs": {**existing, sid: entry}}
+    return atomic_write_json(user_socs_path(models_dir), doc)
 
 
 def runtimes() -> dict[str, dict]:

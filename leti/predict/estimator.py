@@ -80,7 +80,8 @@ class Estimator:
     @classmethod
     def from_choice(cls, choice: ModelChoice) -> Estimator:
         """Build what the registry chose: the base, then its saved calibration."""
-        est = _build_base(socs.resolve(choice.soc), choice.runtime, choice.base)
+        soc = socs.registry(choice.models_dir).resolve(choice.soc)
+        est = _build_base(soc, choice.runtime, choice.base)
         return est if choice.calibration is None else _with_calibration(est, choice.calibration)
 
     # -- the pipeline ------------------------------------------------------------------------
@@ -319,7 +320,9 @@ def _build_base(soc: socs.Soc, runtime: str, base: BaseChoice) -> Estimator:
             runtime=runtime,
             model_version=version,
             provenance="transfer",
-            kernels=model.kernels.bind(socs.resolve(base.hardware)),
+            kernels=model.kernels.bind(
+                soc if base.hardware == soc.id else socs.resolve(base.hardware)
+            ),
             corrector=model.corrector,
             manifest=manifest,
             log_interval=tuple(manifest["interval_log_quantiles"]),

@@ -69,6 +69,7 @@ class ModelChoice:
     runtime: str  # the runtime answered (its fusion rules plan the graph)
     base: BaseChoice
     calibration: Mapping[str, Any] | None = None  # a `calibration.json` document
+    models_dir: Path | None = None  # whose SoC registry (user-defined SoCs) `soc` is in
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def saved_calibrations(models_dir: Path | None) -> list[tuple[str, str, dict]]:
     if models_dir is None or not Path(models_dir).is_dir():
         return []
     out = []
-    registry = socs.all_socs()
+    registry = socs.registry(models_dir).socs
     for path in sorted(Path(models_dir).glob(f"*/*/{CALIBRATION_FILE}")):
         soc, runtime = path.parent.parent.name, path.parent.name
         if soc not in registry or runtime not in socs.runtimes():
@@ -202,30 +203,30 @@ def choose(
 ) -> ModelChoice:
     """What answers for `soc` (id or alias) on `runtime` (default tflite-gpu); raises
     `ModelNotFoundError` (listing what is available) when nothing can."""
-    s = socs.resolve(soc)
-    rt = socs.resolve_runtime(runtime)
     root = resolve_models_dir(models_dir)
+    s = socs.registry(root).resolve(soc)
+    rt = socs.resolve_runtime(runtime)
     doc = read_calibration(root, s.id, rt)
     if has_per_kernel_data(rt):
         own = base_choice(s, rt, root, total=CORRECTED_TOTAL)
         if own is None:
             raise _not_found(s.id, rt, root)
         if doc is None or doc["base"].get("runtime") != rt:
-            return ModelChoice(s.id, rt, own)
+            return ModelChoice(s.id, rt, own, models_dir=root)
         if not doc["base"].get("profile"):
-            return ModelChoice(s.id, rt, own, doc)
+            return ModelChoice(s.id, rt, own, doc, root)
         base = _calibration_base(s, rt, root, doc)
         if base is None:
             log.warning("calibration for %s/%s: its transfer profile is gone; ignored", s.id, rt)
-            return ModelChoice(s.id, rt, own)
-        return ModelChoice(s.id, rt, base, doc)
+            return ModelChoice(s.id, rt, own, models_dir=root)
+        return ModelChoice(s.id, rt, base, doc, root)
     # calibration-only runtime
     base = None if doc is None else _calibration_base(s, rt, root, doc)
     if doc is not None and base is None:
         log.warning("calibration for %s/%s has no base estimator to sit on", s.id, rt)
     if base is None:
         raise _not_found(s.id, rt, root)
-    return ModelChoice(s.id, rt, base, doc)
+    return ModelChoice(s.id, rt, base, doc, root)
 
 
 def _calibration_base(
@@ -253,7 +254,8 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
     """Every loadable (soc, runtime): measured models, then transfer pairs (unmeasured SoCs x
     transfer runtimes), then calibration-only pairs; each with its provenance and version."""
     root = resolve_models_dir(models_dir)
-    registry = socs.all_socs()
+    reg = socs.registry(root)
+    registry = reg.socs
     out = []
     for manifest_path in sorted(root.glob(f"*/*/{MEASURED_MANIFEST}")):
         m = json.loads(manifest_path.read_text("utf-8"))
@@ -272,6 +274,8 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
                 continue
             cal = read_calibration(root, sid, rt)
             out.append(_entry(soc, rt, manifest["model_version"], "transfer", cal))
+            if reg.is_user(sid):
+                out[-1]["user_defined"] = True
     listed = {(a["soc"], a["runtime"]) for a in out}
     for sid, rt, cal in saved_calibrations(root):
         if (sid, rt) in listed or has_per_kernel_data(rt):

@@ -128,14 +128,14 @@ class ServiceState:
 
         Unknown names fail before any loading (404 listing the known ones)."""
         if not soc_name:
-            known = ", ".join(sorted(socs.all_socs()))
+            known = ", ".join(sorted(socs.registry(self.models_dir).socs))
             raise ServiceError(
                 400, "missing_parameter", f"'soc' is required; known SoCs: {known}", param="soc"
             )
         for name, value in (("soc", soc_name), ("runtime", runtime_name)):
             if value is not None and not isinstance(value, str):
                 raise ServiceError(400, "invalid_parameter", f"'{name}' must be a string")
-        soc = socs.resolve(soc_name)
+        soc = socs.registry(self.models_dir).resolve(soc_name)
         runtime = socs.resolve_runtime(runtime_name)
         key = (soc.id, runtime)
         est = self._estimators.get(key)
@@ -298,7 +298,8 @@ def list_socs() -> Response:
             "provenance": entry.get("provenance"),
         }
     out = []
-    for sid, soc in sorted(socs.all_socs().items()):
+    reg = socs.registry(st.models_dir)
+    for sid, soc in sorted(reg.socs.items()):
         out.append(
             {
                 "id": sid,
@@ -310,6 +311,14 @@ def list_socs() -> Response:
                 "runtimes": by_soc.get(sid, {}),
             }
         )
+        if reg.is_user(sid):
+            out[-1].update(
+                user_defined=True,
+                family=soc.family,
+                fp16_gflops=soc.fp16_gflops,
+                fp32_gflops=soc.fp32_gflops,
+                dram_gbps=soc.dram_gbps,
+            )
     return jsonify({"socs": out, "runtimes": sorted(socs.runtimes())})
 
 

@@ -461,9 +461,9 @@ def calibrate(
     models_dir: str | Path | None = None,
 ) -> tuple[dict, Timings]:
     """Fit a calibration from a timings CSV and write it; returns (document, timings)."""
-    soc = socs.resolve(soc_name)
-    runtime = socs.resolve_runtime(runtime_name)
     root = resolve_models_dir(models_dir)
+    soc = socs.registry(root).resolve(soc_name)
+    runtime = socs.resolve_runtime(runtime_name)
     timings = read_timings(csv_path)
     if timings.k < MIN_TIMINGS:
         raise CalibrationError(
