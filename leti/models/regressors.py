@@ -232,15 +232,43 @@ class GraphCorrection(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
 
-def predict_kernel_ms(model: KernelTimeModel, plans: Sequence[KernelPlan]) -> list[np.ndarray]:
-    """Per-kernel times (ms) of every plan, with one regressor call per kernel kind for the
-    whole batch: that is what makes NAS-sized batches fast."""
+def kernel_batch(plans: Sequence[KernelPlan]) -> tuple[pd.DataFrame | None, list[int]]:
+    """One kernel frame for the kernels of every plan (None when there are none), and how
+    many rows each plan has: built once, priced and measured from the same frame."""
     frames = [kernels_frame(p.kernels) for p in plans]
     sizes = [len(f) for f in frames]
     if sum(sizes) == 0:
-        return [np.zeros(0) for _ in plans]
-    ms = np.asarray(model.predict(pd.concat(frames, ignore_index=True)), float)
-    return np.split(ms, np.cumsum(sizes)[:-1])
+        return None, sizes
+    return pd.concat(frames, ignore_index=True), sizes
+
+
+def split_by_plan(values: np.ndarray | Sequence[float], sizes: Sequence[int]) -> list[np.ndarray]:
+    """Per-row values of a `kernel_batch` frame, back into one array per plan."""
+    if sum(sizes) == 0:
+        return [np.zeros(0) for _ in sizes]
+    return np.split(np.asarray(values, float), np.cumsum(sizes)[:-1])
+
+
+def predict_kernel_ms(model: KernelTimeModel, plans: Sequence[KernelPlan]) -> list[np.ndarray]:
+    """Per-kernel times (ms) of every plan, with one regressor call per kernel kind for the
+    whole batch: that is what makes NAS-sized batches fast."""
+    frame, sizes = kernel_batch(plans)
+    return split_by_plan(model.predict(frame) if frame is not None else (), sizes)
+
+
+def graph_rows(plans: Sequence[KernelPlan], kernel_ms: Sequence[np.ndarray]) -> np.ndarray:
+    """The graph-feature row of each plan (`GRAPH_FEATURES`), from its kernel times."""
+    return np.array([graph_features(p, ms) for p, ms in zip(plans, kernel_ms, strict=True)])
+
+
+def stage_totals(x: np.ndarray, sums: np.ndarray, corrector: GraphCorrection) -> np.ndarray:
+    """End-to-end totals from graph-feature rows and kernel sums: a structural stage prices
+    the total directly, a free-form corrector scales the kernel sum."""
+    if hasattr(corrector, "total_ms"):
+        return np.asarray(corrector.total_ms(x), float)
+    # xgboost answers float32: take the exponential in float64, as a single prediction does
+    log_ratio = np.asarray(corrector.predict(x), float)
+    return sums * np.exp(log_ratio)
 
 
 def corrected_totals(
@@ -255,9 +283,4 @@ def corrected_totals(
     sums = np.array([max(float(ms.sum()), floor_ms) for ms in kernel_ms])
     if not len(sums):
         return sums, sums
-    x = np.array([graph_features(p, ms) for p, ms in zip(plans, kernel_ms, strict=True)])
-    if hasattr(corrector, "total_ms"):  # a structural stage prices the total directly
-        return np.asarray(corrector.total_ms(x), float), sums
-    # xgboost answers float32: take the exponential in float64, as a single prediction does
-    log_ratio = np.asarray(corrector.predict(x), float)
-    return sums * np.exp(log_ratio), sums
+    return stage_totals(graph_rows(plans, kernel_ms), sums, corrector), sums

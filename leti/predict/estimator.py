@@ -24,7 +24,6 @@ import pandas as pd
 from leti.core import socs
 from leti.core.errors import LetiError
 from leti.core.records import Graph, KernelPlan, Layer, LayerTime, Prediction, Unsupported
-from leti.frontend.features import graph_features, kernels_frame
 from leti.frontend.fusion import QUANTIZED_OPS
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
@@ -37,8 +36,11 @@ from leti.models.regressors import (
     KernelRegressors,
     KernelTimeModel,
     NoGraphCorrection,
-    corrected_totals,
+    graph_rows,
+    kernel_batch,
     predict_kernel_ms,
+    split_by_plan,
+    stage_totals,
 )
 from leti.models.transfer import TransferModel
 from leti.models.uncertainty import widening
@@ -112,12 +114,13 @@ class Estimator:
 
     def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
         """Batched: one regressor call per kernel kind and one graph-stage call for all graphs."""
-        split = predict_kernel_ms(self.kernels, plans)
-        totals, _ = corrected_totals(plans, split, self.corrector, floor_ms=0.0)
-        distances = _extrapolation(self.kernels, plans)
+        frame, rows = kernel_batch(plans)
+        split = split_by_plan(self.kernels.predict(frame) if frame is not None else (), rows)
+        distances = split_by_plan(_extrapolation(self.kernels, frame, sum(rows)), rows)
+        x = graph_rows(plans, split)
+        totals = stage_totals(x, np.array([float(ms.sum()) for ms in split]), self.corrector)
         sizes = np.zeros(len(plans))
-        if isinstance(self.corrector, GraphOverhead) and len(plans):
-            x = np.array([graph_features(p, ms) for p, ms in zip(plans, split, strict=True)])
+        if isinstance(self.corrector, GraphOverhead):
             sizes = self.corrector.size_extrapolation(x)
         return [
             self._assemble(p, ms, float(t), d, float(s))
@@ -254,17 +257,13 @@ def _output_elements(layer: Layer) -> float:
     return float(np.prod(shape)) if shape else 0.0
 
 
-def _extrapolation(kernels: KernelTimeModel, plans: Sequence[KernelPlan]) -> list[np.ndarray]:
-    """Per kernel, how far past its kind's training range (0 inside; 0 for kernel models
+def _extrapolation(kernels: KernelTimeModel, frame: pd.DataFrame | None, n: int) -> np.ndarray:
+    """Per kernel row, how far past its kind's training range (0 inside; 0 for kernel models
     that do not know their range, e.g. the transfer model, whose interval is wide anyway)."""
     measure = getattr(kernels, "extrapolation", None)
-    if measure is None:
-        return [np.zeros(len(p.kernels)) for p in plans]
-    frames = [kernels_frame(p.kernels) for p in plans]
-    sizes = [len(f) for f in frames]
-    if sum(sizes) == 0:
-        return [np.zeros(0) for _ in plans]
-    return np.split(measure(pd.concat(frames, ignore_index=True)), np.cumsum(sizes)[:-1])
+    if measure is None or frame is None:
+        return np.zeros(n)
+    return measure(frame)
 
 
 def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:
