@@ -224,10 +224,6 @@ class _Context:
         return name
 
 
-def _p(params: Mapping[int, Any], key: int, default: Any) -> Any:
-    return params.get(key, default)
-
-
 def _int(params: Mapping[int, Any], key: int, default: int) -> int:
     value = params.get(key, default)
     if isinstance(value, float) and value.is_integer():

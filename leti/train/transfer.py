@@ -153,10 +153,6 @@ def detail_from_kernel_ms(
     return totals, sums, share
 
 
-def measured_socs(runtime: str, sets: Mapping[str, Any]) -> list[str]:
-    return sorted(s for s in sets if runtime in socs.resolve(s).phones)
-
-
 def loso_zero_shot(
     sets: Mapping[str, Any],
     n_folds: int = 5,
