@@ -76,3 +76,14 @@ def write_synthetic_measurements(
     pd.DataFrame(krows)[list(KERNEL_COLUMNS)].to_csv(folder / "kernels.csv", index=False)
     pd.DataFrame(erows)[list(E2E_COLUMNS)].to_csv(folder / "e2e.csv", index=False)
     return root
+
+
+def light(light_dir: Path, name: str) -> Path:
+    """The onnx wheel's `light_<name>.onnx`."""
+    return light_dir / f"light_{name}.onnx"
+
+
+def write_timings_csv(path: Path, rows) -> Path:
+    """A `leti calibrate` timings file: `graph,latency_ms`, one (graph, latency) row each."""
+    path.write_text("graph,latency_ms\n" + "".join(f"{g},{t}\n" for g, t in rows), "utf-8")
+    return path

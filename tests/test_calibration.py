@@ -20,6 +20,7 @@ from leti.predict.registry import available
 from leti.train import calibrate as calibration
 from leti.train.calibrate import choose_form, fit_log_affine, fit_offset, select_and_fit
 from leti.train.timings import read_timings
+from tests.helpers import light, write_timings_csv
 from tests.test_transfer import build_synthetic_transfer
 
 GRAPHS = ("squeezenet", "shufflenet", "bvlc_alexnet", "inception_v1", "resnet50")
@@ -40,15 +41,6 @@ def models(synth_root, tmp_path) -> Path:
     return root
 
 
-def light(light_dir: Path, name: str) -> Path:
-    return light_dir / f"light_{name}.onnx"
-
-
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    path.write_text("graph,latency_ms\n" + "".join(f"{g},{t}\n" for g, t in rows), "utf-8")
-    return path
-
-
 def base_totals(root: Path, soc: str, runtime: str, graphs: list[Path]) -> np.ndarray:
     from leti.core import socs
 
@@ -64,7 +56,7 @@ def test_bad_rows_are_reported_not_dropped(tmp_path):
     for name in ("a", "b", "c"):
         (tmp_path / f"{name}.onnx").write_bytes(name.encode() * 10)
     (tmp_path / "copy_of_a.onnx").write_bytes(b"a" * 10)
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "timings.csv",
         [
             ("a.onnx", "10"),
@@ -107,7 +99,7 @@ def test_missing_columns_and_missing_file(tmp_path):
 
 
 def test_fewer_than_three_timings_is_refused(tmp_path, light_dir, models, capsys):
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "t.csv",
         [(str(light(light_dir, "squeezenet")), "10"), (str(light(light_dir, "shufflenet")), "x")],
     )
@@ -251,7 +243,7 @@ def test_scale_shrinks_towards_the_log_affine_scale_with_few_timings():
 def test_cli_calibrate_then_predict_ncnn(tmp_path, light_dir, models, capsys):
     graphs = [light(light_dir, g) for g in GRAPHS[:4]]
     base = base_totals(models, "snapdragon888", "ncnn-vulkan", graphs)
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "timings.csv",
         [(str(g), repr(float(2.5 * t))) for g, t in zip(graphs, base, strict=True)]
         + [(str(tmp_path / "gone.onnx"), "3.0")],
@@ -304,7 +296,7 @@ def test_cross_runtime_base_is_the_kernel_sum(tmp_path, light_dir, models):
     assert registry.base_total("tflite-gpu") == registry.CORRECTED_TOTAL
 
     sums = base_totals(models, "snapdragon888", "ncnn-vulkan", graphs)
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "t.csv",
         [(str(g), repr(float(2 * t))) for g, t in zip(graphs, sums, strict=True)],
     )
@@ -327,13 +319,13 @@ def test_transfer_calibration_and_no_stacking(tmp_path, light_dir, models):
     base, not on the tflite-gpu calibration."""
     graphs = [light(light_dir, g) for g in GRAPHS[:3]]
     base = base_totals(models, "kirin9000", "tflite-gpu", graphs)
-    csv3 = write_csv(
+    csv3 = write_timings_csv(
         tmp_path / "t3.csv",
         [(str(g), repr(float(3 * t))) for g, t in zip(graphs, base, strict=True)],
     )
     calibration.calibrate("kirin9000", "tflite-gpu", csv3, models)
     ncnn_base = base_totals(models, "kirin9000", "ncnn-vulkan", graphs)
-    csv2 = write_csv(
+    csv2 = write_timings_csv(
         tmp_path / "t2.csv",
         [(str(g), repr(float(2 * t))) for g, t in zip(graphs, ncnn_base, strict=True)],
     )
@@ -358,7 +350,7 @@ def test_service_round_trip(tmp_path, light_dir, models):
 
     graphs = [light(light_dir, g) for g in GRAPHS[:4]]
     base = base_totals(models, "snapdragon888", "ncnn-vulkan", graphs)
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "t.csv",
         [(str(g), repr(float(1.7 * t))) for g, t in zip(graphs, base, strict=True)],
     )
@@ -391,7 +383,7 @@ def test_measured_base_calibration(tmp_path, light_dir, models):
     shutil.copytree(MEASURED, models / "snapdragon855" / "tflite-gpu")
     graphs = [light(light_dir, g) for g in GRAPHS[:4]]
     base = base_totals(models, "snapdragon855", "tflite-gpu", graphs)
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "t.csv",
         [(str(g), repr(float(1.3 * t))) for g, t in zip(graphs, base, strict=True)],
     )
@@ -418,7 +410,7 @@ def test_offset_calibration_round_trip(tmp_path, light_dir, models, capsys):
     soc, runtime = "kirin9000", "tflite-gpu"
     cal = [light(light_dir, g) for g in ("squeezenet", "inception_v1", "bvlc_alexnet", "resnet50")]
     held = [light(light_dir, g) for g in ("shufflenet", *MORE_GRAPHS)]
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "t.csv",
         [
             (str(g), repr(float(t)))

@@ -14,7 +14,8 @@ from leti.models import class_scales
 from leti.models.class_scales import ClassPrior, class_terms, fit_log_weights, learn_prior
 from leti.predict.estimator import Estimator, uncalibrated_base
 from leti.train import calibrate as calibration
-from tests.test_calibration import GRAPHS, light, models, synth_root, write_csv  # noqa: F401
+from tests.helpers import light, write_timings_csv
+from tests.test_calibration import GRAPHS, models, synth_root  # noqa: F401
 
 TRUE = np.log([2.0, 3.0, 1.5, 4.0, 0.5])  # absolute log weights used to fake timings
 
@@ -123,7 +124,7 @@ def test_ncnn_calibration_combines_both_halves(tmp_path, light_dir, models):  # 
     plans = [base.plan(g) for g in graphs]
     terms = np.array([class_terms(p.kernels, base.kernel_ms(p)) for p in plans])
     measured = class_scales.predict(terms, TRUE)
-    csv = write_csv(
+    csv = write_timings_csv(
         tmp_path / "t.csv",
         [(str(g), repr(float(t))) for g, t in zip(graphs[:4], measured[:4], strict=True)],
     )

@@ -16,6 +16,7 @@ from leti.core.errors import LetiError, SocRegistryError, UnknownSocError
 from leti.predict.estimator import Estimator, uncalibrated_base
 from leti.predict.registry import available
 from leti.train import calibrate as calibration
+from tests.helpers import light, write_timings_csv
 
 REPO = Path(__file__).resolve().parent.parent
 GRAPHS = ("squeezenet", "shufflenet", "bvlc_alexnet", "inception_v1", "resnet50")
@@ -33,10 +34,6 @@ def models(tmp_path) -> Path:
     return root
 
 
-def light(light_dir: Path, name: str) -> Path:
-    return light_dir / f"light_{name}.onnx"
-
-
 def snapshot(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
@@ -50,9 +47,7 @@ def add_board(models: Path) -> None:
 def timings_csv(path: Path, models: Path, graphs: list[Path], scale: float) -> Path:
     soc = socs.registry(models).resolve("myboard")
     base = uncalibrated_base(soc, "tflite-gpu", models)
-    rows = "".join(f"{g},{scale * base.predict(g).total_ms!r}\n" for g in graphs)
-    path.write_text("graph,latency_ms\n" + rows, "utf-8")
-    return path
+    return write_timings_csv(path, [(g, repr(scale * base.predict(g).total_ms)) for g in graphs])
 
 
 def test_add_list_calibrate_predict_cli(tmp_path, light_dir, models, capsys):
