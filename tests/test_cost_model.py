@@ -12,7 +12,13 @@ import pytest
 from leti.core import socs
 from leti.frontend.features import GRAPH_FEATURES
 from leti.models.kernel_cost import KernelCosts, kernel_work
-from leti.models.overhead import MIN_DISPATCH_MS, GraphOverhead, load_graph_stage
+from leti.models.overhead import (
+    FAMILY_TAU_MIN,
+    MIN_DISPATCH_MS,
+    GraphOverhead,
+    family_tau,
+    load_graph_stage,
+)
 from leti.models.uncertainty import widening
 
 HW = socs.resolve("snapdragon855")
@@ -113,6 +119,46 @@ def test_structural_stage_round_trips_and_old_correctors_still_load(tmp_path) ->
         json.dumps({"type": "constant", "features": list(GRAPH_FEATURES), "offset": 0.2})
     )
     assert load_graph_stage(tmp_path / "old.json").predict(x[:2]) == pytest.approx([0.2, 0.2])
+
+
+def _family(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A NAS-like family: small graphs whose kernel counts barely track their kernel sums."""
+    idx = {name: i for i, name in enumerate(GRAPH_FEATURES)}
+    x = np.zeros((n, len(GRAPH_FEATURES)))
+    x[:, idx["log_kernel_sum"]] = np.log(rng.uniform(0.5, 3.0, n))
+    x[:, idx["n_kernels"]] = rng.integers(10, 100, n)
+    return x
+
+
+def test_count_terms_are_capped_where_they_would_reorder_a_nas_family() -> None:
+    rng = np.random.default_rng(5)
+    x, e2e = _graph_rows(80, rng)
+    family = _family(200, rng)
+    y = np.log(e2e / np.exp(x[:, 0]))
+    free = GraphOverhead.for_hardware(HW).fit(x, y)
+    assert family_tau(free, family) < FAMILY_TAU_MIN  # 0.01 ms x 90 kernels vs 0.5-3 ms sums
+    capped = GraphOverhead.for_hardware(HW).fit(x, y, family=family)
+    assert 0 <= capped.count_scale < 1
+    assert capped.coef[1] < free.coef[1]
+    assert family_tau(capped, family) >= FAMILY_TAU_MIN == pytest.approx(0.95)
+    assert capped.family_tau == pytest.approx(family_tau(capped, family))
+    # the cap costs fit on the training graphs, but only a little: the other terms refit
+    err = np.abs(capped.predict(x) - y).mean()
+    assert err > np.abs(free.predict(x) - y).mean() and err < 0.1
+    # a family the free fit already keeps in order leaves the terms alone
+    ordered = GraphOverhead.for_hardware(HW).fit(x, y, family=x)
+    assert ordered.count_scale == 1.0
+    np.testing.assert_array_equal(ordered.coef, free.coef)
+
+
+def test_capped_stage_round_trips(tmp_path) -> None:
+    rng = np.random.default_rng(6)
+    x, e2e = _graph_rows(60, rng)
+    stage = GraphOverhead.for_hardware(HW).fit(x, np.log(e2e / np.exp(x[:, 0])), _family(50, rng))
+    stage.save(tmp_path / "corrector.json")
+    again = load_graph_stage(tmp_path / "corrector.json")
+    assert again.count_scale == stage.count_scale and again.family_tau == stage.family_tau
+    np.testing.assert_array_equal(again.coef, stage.coef)
 
 
 def test_interval_widens_with_distance_and_analytic_share() -> None:

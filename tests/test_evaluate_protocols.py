@@ -10,7 +10,9 @@ import pickle
 import numpy as np
 import pytest
 
-from leti.evaluate import accuracy, accuracy_report, nb201
+from leti.evaluate import accuracy, accuracy_report
+from leti.evaluate.nb201 import family_consistency
+from leti.frontend import nb201
 from leti.train.fit import load_training_set
 from tests.helpers import write_synthetic_measurements
 
@@ -180,7 +182,7 @@ def test_report_has_one_section_per_protocol_and_the_bars(tmp_path, evaluation):
     archs = NB201_ARCHS[:3]
     from leti.predict.estimator import Estimator
 
-    fc = nb201.family_consistency(Estimator.load(SOC), archs, nb201.build_graphs(archs))
+    fc = family_consistency(Estimator.load(SOC), archs, nb201.build_graphs(archs))
     out = tmp_path / "accuracy.md"
     accuracy_report.write_accuracy_report([evaluation], out, 1.0, [fc], ["nothing"])
     assert out.with_suffix(".png").is_file() or not accuracy_report.plot_png([evaluation], out)

@@ -8,7 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from leti.evaluate import nb201
+from leti.evaluate.nb201 import family_consistency
+from leti.frontend import nb201
 from leti.frontend.fusion import plan
 from leti.frontend.graph import parse_graph
 
@@ -124,7 +125,7 @@ def test_family_consistency_scores_a_shipped_estimator():
 
     archs = [ALL_NONE, ALL_CONV3, MIXED, DEAD_NODE, ALL_SKIP]
     est = Estimator.load("snapdragon855")
-    fc = nb201.family_consistency(est, archs, nb201.build_graphs(archs))
+    fc = family_consistency(est, archs, nb201.build_graphs(archs))
     s = fc.scores()
     assert s["archs"] == 5 and -1 <= s["tau_total_kernel_sum"] <= 1
     assert np.all(fc.totals > 0) and np.all(fc.kernel_sums > 0)

@@ -20,6 +20,13 @@ can remove: a dispatch (`MIN_DISPATCH_MS`) and its memory traffic at the SoC's f
 (reading and writing each element in FP16). The training CNNs have few standalone ops (the
 delegates link most of them), too few for the fit to see them; the floors keep an
 elementwise-only graph, or a transformer's LayerNorms and Softmaxes, from costing nothing.
+
+A NAS family keeps its ranking: fitted with the graph rows of NAS-Bench-201 cells (no timings,
+only their structure), the count terms (per kernel, per standalone op) are capped where they
+would make the family's totals rank below `FAMILY_TAU_MIN` against their kernel sums. On 82
+CNNs the number of kernels grows with their size, so those terms are poorly separated from the
+kernel sum there; on a family whose members differ by a few 1x1 convs they would decide the
+ranking on their own.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import lsq_linear, nnls
+from scipy.stats import kendalltau
 
 from leti.core.store import atomic_write_json
 from leti.frontend.features import GRAPH_FEATURES
-from leti.models.regressors import GraphCorrector
+from leti.models.regressors import GraphCorrection, GraphCorrector, stage_totals
 
 TERMS = (
     "kernel_sum",
@@ -49,6 +57,13 @@ FORMAT = "structural"
 MIN_DISPATCH_MS = 0.005
 #: Bytes a standalone elementwise op moves per output element: read and write, FP16.
 STANDALONE_BYTES_PER_ELEMENT = 4
+#: The least Kendall tau between the totals and the kernel sums that a family of graphs which
+#: differ in a few ops (NAS-Bench-201 cells) must keep (issue 9): a NAS loop needs the ranking
+#: inside its search space first, and the per-kernel term, estimated on 82 CNNs whose kernel
+#: counts grow with their size, can otherwise reorder such a family by kernel count.
+FAMILY_TAU_MIN = 0.95
+#: Bisection steps on the per-kernel cap: the cap ends within 2**-12 of the fitted value.
+_CAP_STEPS = 12
 
 
 def structural_terms(x: np.ndarray) -> np.ndarray:
@@ -81,6 +96,12 @@ class GraphOverhead:
     size_range: tuple[float, float] = (-np.inf, np.inf)
     #: Standalone op types the training graphs contained: their terms were fitted on them.
     seen_ops: tuple[str, ...] = ()
+    #: The share of the per-kernel and per-standalone-op terms (above their floors) kept so
+    #: that a NAS family keeps ranking like its kernel sums (`fit(..., family=)`); 1 where the
+    #: fitted terms already do.
+    count_scale: float = 1.0
+    #: Kendall tau(total, kernel sum) on the family at fit time (None: fitted without one).
+    family_tau: float | None = None
 
     @classmethod
     def for_hardware(cls, hw: Any, per_kernel: bool = True) -> GraphOverhead:
@@ -91,19 +112,62 @@ class GraphOverhead:
         per_melement = STANDALONE_BYTES_PER_ELEMENT * 1e6 / (self.dram_gbps * 1e6)
         return np.array([0.0, 0.0, MIN_DISPATCH_MS, per_melement, 0.0])
 
-    def fit(self, x: np.ndarray, log_ratio: np.ndarray) -> GraphOverhead:
+    def fit(
+        self, x: np.ndarray, log_ratio: np.ndarray, family: np.ndarray | None = None
+    ) -> GraphOverhead:
+        """Fit the terms on the graphs `x` (graph-feature rows) and their log(end-to-end /
+        kernel sum). `family`: graph-feature rows of a NAS family (no timings needed). If the
+        fitted count terms (per kernel, per standalone op) make its totals rank below
+        `FAMILY_TAU_MIN` against its kernel sums, they are capped at the largest share of their
+        fitted values that keeps the ranking, and the other terms are refitted under the cap."""
+        self.count_scale = 1.0
+        fitted = self._fit_terms(x, log_ratio, None)
+        if family is None or len(family) < 3:
+            return self
+        self.family_tau = self.family_rank(family)
+        if self.family_tau >= FAMILY_TAU_MIN:
+            return self
+        counts = np.zeros(len(TERMS), bool)
+        counts[[1, 2]] = True
+
+        def capped(scale: float) -> float:
+            self._fit_terms(x, log_ratio, np.where(counts, scale * fitted, np.inf))
+            return self.family_rank(family)
+
+        lo, hi = 0.0, 1.0
+        for _ in range(_CAP_STEPS):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if capped(mid) >= FAMILY_TAU_MIN else (lo, mid)
+        self.count_scale = lo
+        self.family_tau = capped(lo)
+        return self
+
+    def _fit_terms(
+        self, x: np.ndarray, log_ratio: np.ndarray, upper: np.ndarray | None
+    ) -> np.ndarray:
+        """Fit the coefficients above their floors (each at most `upper`, if given); returns
+        those excesses."""
         terms = structural_terms(x)
         e2e = terms[:, 0] * np.exp(np.asarray(log_ratio, float))
         floor = self.floors()
         weight = 1.0 / e2e  # relative error: a 2 ms cell counts as much as a 200 ms ResNet
         free = np.ones(len(TERMS), bool)
         free[1] = self.per_kernel
+        a = terms[:, free] * weight[:, None]
+        b = (e2e - terms @ floor) * weight
         above = np.zeros(len(TERMS))
-        above[free], _ = nnls(terms[:, free] * weight[:, None], (e2e - terms @ floor) * weight)
+        if upper is None:
+            above[free], _ = nnls(a, b)
+        else:
+            bound = np.maximum(upper[free], 1e-12)
+            above[free] = lsq_linear(a, b, bounds=(0.0, bound)).x
         self.coef = above + floor
         log_sum = np.log(terms[:, 0])
         self.size_range = (float(log_sum.min()), float(log_sum.max()))
-        return self
+        return above
+
+    def family_rank(self, family: np.ndarray) -> float:
+        return family_tau(self, family)
 
     def size_extrapolation(self, x: np.ndarray) -> np.ndarray:
         """How far (log units) each graph's kernel sum lies outside the training graphs'."""
@@ -135,6 +199,8 @@ class GraphOverhead:
             "per_kernel_fitted": self.per_kernel,
             "log_kernel_sum_range": list(self.size_range),
             "seen_standalone_ops": list(self.seen_ops),
+            "count_terms_scale": self.count_scale,
+            "nas_family_tau": self.family_tau,
         }
 
     def save(self, path: Path) -> None:
@@ -151,7 +217,16 @@ class GraphOverhead:
             per_kernel=bool(doc.get("per_kernel_fitted", True)),
             size_range=(float(lo), float(hi)),
             seen_ops=tuple(doc.get("seen_standalone_ops", ())),
+            count_scale=float(doc.get("count_terms_scale", 1.0)),
+            family_tau=doc.get("nas_family_tau"),
         )
+
+
+def family_tau(stage: GraphCorrection, family: np.ndarray) -> float:
+    """Kendall tau between the totals `stage` gives a family of graphs (graph-feature rows)
+    and their kernel sums: 1 when the graph stage keeps the family's order."""
+    sums = structural_terms(family)[:, 0]
+    return float(kendalltau(stage_totals(family, sums, stage), sums).statistic)
 
 
 def load_graph_stage(path: Path) -> GraphOverhead | GraphCorrector:
