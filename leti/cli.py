@@ -79,7 +79,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
         # The transfer model learns from every measured SoC at once; its leave-one-SoC-out
         # evaluation sizes the intervals of unmeasured SoCs, so it runs as part of fitting.
         _fit_transfer_model(root, args.measurements_dir)
+        # The shipped ncnn-vulkan calibrations sit on the transfer model: refit them after it.
+        data = _ncnn_benchmark_dir()
+        if (data / "ncnn_benchmark.csv").is_file():
+            _ship_benchmark_calibrations(root, data)
+        else:
+            print(f"no ncnn benchmark at {data}: shipped ncnn-vulkan calibrations not refitted")
     return 0
+
+
+def _ncnn_benchmark_dir() -> Path:
+    from leti.core import settings
+
+    return settings.shared_dir(Path(__file__).resolve().parents[1].parent / "shared") / (
+        "data/ncnn-benchmark"
+    )
 
 
 def _fit_transfer_model(
@@ -305,13 +319,36 @@ def serve_main(argv: list[str] | None = None) -> int:
     return cmd_serve(parser.parse_args(argv))
 
 
+def _ship_benchmark_calibrations(root: Path, data_dir: Path) -> None:
+    """ncnn-vulkan calibrations of the SoCs whose GPUs the public ncnn benchmark timed."""
+    import math
+
+    from leti.train.benchmark import ship_calibrations
+
+    for doc in ship_calibrations(data_dir, root):
+        lo, hi = doc["interval_log_quantiles"]
+        src = doc.get("source") or {}
+        what = src.get("section", ", ".join(src.get("borrowed_from", [])))
+        print(
+            f"{doc['soc']}/{doc['runtime']}: {doc.get('provenance') or 'calibrated'} from "
+            f"{doc['k']} public timings ({what[:60]}); interval "
+            f"{100 * (math.exp(lo) - 1):+.0f}% / {100 * (math.exp(hi) - 1):+.0f}%"
+        )
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """`leti calibrate --soc S [--runtime R] --measurements timings.csv [--models-dir D]`."""
+    """`leti calibrate --soc S [--runtime R] --measurements timings.csv [--models-dir D]`, or
+    `leti calibrate --from-benchmark [DIR]` (the shipped ncnn-vulkan calibrations)."""
     import math
 
     from leti.predict.registry import calibration_path
     from leti.train.calibrate import calibrate
 
+    if args.from_benchmark is not None:
+        _ship_benchmark_calibrations(_models_root(args.models_dir), args.from_benchmark)
+        return 0
+    if not args.soc or not args.measurements:
+        raise LetiError("leti calibrate needs --soc and --measurements (or --from-benchmark)")
     doc, timings = calibrate(args.soc, args.runtime, args.measurements, args.models_dir)
     print(timings.report())
     lo, hi = doc["interval_log_quantiles"]
@@ -535,9 +572,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("calibrate", help="fit a calibration from end-to-end timings")
-    p.add_argument("--soc", required=True)
+    p.add_argument("--soc")
     p.add_argument("--runtime", default=None)
-    p.add_argument("--measurements", type=Path, required=True, help="CSV: graph,latency_ms")
+    p.add_argument("--measurements", type=Path, help="CSV: graph,latency_ms")
+    p.add_argument(
+        "--from-benchmark",
+        type=Path,
+        nargs="?",
+        const=_ncnn_benchmark_dir(),
+        default=None,
+        metavar="DIR",
+        help="write the ncnn-vulkan calibrations of the SoCs the public ncnn benchmark timed "
+        f"(default {_ncnn_benchmark_dir()})",
+    )
     _add_models_dir(p)
     p.set_defaults(func=cmd_calibrate)
 

@@ -284,6 +284,13 @@ def gpu_specs() -> dict[str, dict]:
     return json.loads(raw)["gpus"]
 
 
+def gpu_borrow() -> dict[str, dict]:
+    """SoC id -> {"gpus": [...], "why": ...}: the GPUs of the ncnn benchmark whose runtime map
+    a SoC with no public timing borrows (`data/ncnn_gpus.json`, `borrow`)."""
+    raw = resources.files("leti").joinpath("data/ncnn_gpus.json").read_text("utf-8")
+    return dict(json.loads(raw).get("borrow", {}))
+
+
 def gpu_spec(gid: str) -> GpuSpec:
     d = gpu_specs()[gid]
     return GpuSpec(

@@ -67,6 +67,9 @@ class Estimator:
     manifest: Mapping
     log_interval: tuple[float, float] = DEFAULT_LOG_INTERVAL
     calibration: CalibrationMap | None = None
+    #: What every answer must say about where its calibration's timings come from (a public
+    #: benchmark's section, a GPU that stands in for this SoC's, borrowed timings).
+    source_notes: tuple[str, ...] = ()
 
     @classmethod
     def load(
@@ -219,13 +222,21 @@ class Estimator:
             )
         ops = {k.op_type for k in plan.kernels} | {la.op_type for la in plan.overhead}
         quantized = sorted(ops & QUANTIZED_OPS)
-        if quantized:
+        if quantized and self.runtime == "ncnn-vulkan":
+            notes.append(
+                f"quantized ops ({', '.join(quantized)}): ncnn's Vulkan backend has no int8 "
+                "path and runs these layers on the CPU; leti prices them as the float GPU "
+                "kernels (analytically), so this total is indicative only: the public ncnn "
+                "timings put int8 graphs at 0.06-26x their float twins, depending on the CPU"
+            )
+        elif quantized:
             notes.append(
                 f"quantized ops ({', '.join(quantized)}) are priced as the float graph a mobile "
-                "GPU delegate runs: TFLite's and ncnn's GPU backends dequantize them"
+                "GPU delegate runs: TFLite's GPU delegate dequantizes them"
             )
         if widened:
             notes.append("interval widened: " + "; ".join(widened))
+        notes.extend(self.source_notes)
         return tuple(notes)
 
     def predict_many(
@@ -372,12 +383,16 @@ def _with_calibration(est: Estimator, doc: Mapping) -> Estimator:
         "form": doc.get("form", "log_affine"),
         "offset_map": doc.get("offset_map"),
         "created": doc.get("created"),
+        "source": doc.get("source"),
     }
+    source = doc.get("source") or {}
     return replace(
         est,
         runtime=doc["runtime"],
-        provenance="calibrated",
+        # a map borrowed from other GPUs' timings is not a calibration on this SoC
+        provenance=str(doc.get("provenance") or "calibrated"),
         model_version=doc["model_version"],
         calibration=CalibrationMap.from_document(doc),
         manifest={**dict(est.manifest), "calibration": summary},
+        source_notes=tuple(str(n) for n in source.get("notes", ()) if n),
     )

@@ -291,5 +291,5 @@ def _entry(soc: socs.Soc, runtime: str, version: str, provenance: str, cal: Mapp
         "gpu": soc.gpu,
         "runtime": runtime,
         "model_version": cal["model_version"] if cal else version,
-        "provenance": "calibrated" if cal else provenance,
+        "provenance": str(cal.get("provenance") or "calibrated") if cal else provenance,
     }

@@ -465,6 +465,19 @@ def calibrate(
     soc = socs.registry(root).resolve(soc_name)
     runtime = socs.resolve_runtime(runtime_name)
     timings = read_timings(csv_path)
+    return calibrate_timings(soc, runtime, timings, root), timings
+
+
+def calibrate_timings(
+    soc: socs.Soc,
+    runtime: str,
+    timings: Timings,
+    root: Path,
+    source: Mapping[str, Any] | None = None,
+) -> dict:
+    """Fit a calibration of (soc, runtime) on `timings` and write it under `root`; returns
+    the document. `source`: where the timings come from when they are not a user's file (a
+    public benchmark's section), stored in the document and named in every answer."""
     if timings.k < MIN_TIMINGS:
         raise CalibrationError(
             f"calibration needs at least {MIN_TIMINGS} usable timings, got {timings.k}\n"
@@ -483,7 +496,7 @@ def calibrate(
     preds: dict[str, list[float]] = {name: [] for name in bases}
     for row in timings.rows:
         try:
-            plan = base.plan(row.path)
+            plan = base.plan(row.path, row.input_shapes)
             totals = {name: est.predict_plan(plan).total_ms for name, est in bases.items()}
         except LetiError as exc:
             timings.rejected.append(RejectedRow(row.line, row.graph, "unusable_graph", exc.message))
@@ -581,7 +594,7 @@ def calibrate(
         "class_scales": class_doc,
         "k": len(used),
         "timings_sha256": digest,
-        "timings_file": str(Path(csv_path)),
+        "timings_file": timings.source,
         "timings_file_sha256": timings.file_sha256,
         "prior": {
             "slope": 1.0,
@@ -617,6 +630,7 @@ def calibrate(
         "fit_rms_log_residual": float(np.sqrt(np.mean(final.residuals**2))),
         "loo_rms_log_residual": float(np.sqrt(np.mean(final.loo_residuals**2))),
         "rejected": [r.to_dict() for r in timings.rejected],
+        "source": dict(source) if source else None,
     }
     atomic_write_json(calibration_path(root, soc.id, runtime), doc)
-    return doc, timings
+    return doc

@@ -28,6 +28,8 @@ class TimingRow:
     path: Path  # resolved
     latency_ms: float
     sha256: str  # of the graph file
+    #: Input shapes the graph was timed at (e.g. a benchmark's input size); None: its own.
+    input_shapes: dict[str, list[int]] | None = None
 
 
 @dataclass(frozen=True)
