@@ -324,19 +324,31 @@ def list_socs() -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Response:
+    """200 `ok` while at least one (SoC, runtime) model can be loaded; otherwise 503 `degraded`
+    (say, an empty or wrong models dir): the process is up but cannot answer a prediction."""
     st = state()
-    return jsonify(
-        {
-            "status": "ok",
-            "version": VERSION,
-            "estimators_loaded": st.estimators_loaded,
-            "limits": {
-                "max_upload_mb": st.cfg["MAX_UPLOAD_MB"],
-                "max_batch": st.max_batch,
-                "max_layers": st.max_layers,
-            },
-        }
-    )
+    try:
+        models = len(st.available())
+        problem = None if models else f"no model can be loaded from {st.models_dir}"
+    except Exception as exc:
+        log.exception("listing available models failed")
+        models, problem = 0, f"listing the models in {st.models_dir} failed: {exc}"
+    doc: dict[str, Any] = {
+        "status": "degraded" if problem else "ok",
+        "version": VERSION,
+        "models_available": models,
+        "estimators_loaded": st.estimators_loaded,
+        "limits": {
+            "max_upload_mb": st.cfg["MAX_UPLOAD_MB"],
+            "max_batch": st.max_batch,
+            "max_layers": st.max_layers,
+        },
+    }
+    if problem:
+        doc["detail"] = problem
+    resp = jsonify(doc)
+    resp.status_code = 503 if problem else 200
+    return resp
 
 
 @bp.get("/openapi.json")

@@ -199,8 +199,17 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["status"],
             "properties": {
-                "status": {"type": "string", "enum": ["ok"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["ok", "degraded"],
+                    "description": "degraded (with HTTP 503): no model can be loaded.",
+                },
+                "detail": {"type": "string", "description": "Why the status is degraded."},
                 "version": {"type": "string"},
+                "models_available": {
+                    "type": "integer",
+                    "description": "Loadable (SoC, runtime) models.",
+                },
                 "estimators_loaded": {"type": "integer"},
                 "limits": {
                     "type": "object",
@@ -336,9 +345,12 @@ def build_spec(
             },
             "/healthz": {
                 "get": {
-                    "summary": "Liveness check",
+                    "summary": "Health check",
                     "operationId": "health",
-                    "responses": {"200": _json(_ref("Health"), "The server is up.")},
+                    "responses": {
+                        "200": _json(_ref("Health"), "The server is up and can load a model."),
+                        "503": _json(_ref("Health"), "Degraded: no model can be loaded."),
+                    },
                 }
             },
             "/openapi.json": {
