@@ -472,3 +472,29 @@ def test_offset_calibration_round_trip(tmp_path, light_dir, models, capsys):
         est = Estimator.load(soc, runtime, models)
         assert est.provenance == "calibrated"
         assert est.predict(held[0]).total_ms == pytest.approx(log_affine[0], rel=1e-6)
+
+
+def test_a_timing_mostly_priced_analytically_is_kept_out_of_the_fit(tmp_path, light_dir, models):
+    """A graph whose base time is mostly analytic (a 3-D conv here; the int8 graphs ncnn runs
+    on the CPU in the public benchmark) says more about that op family than about the map:
+    it is reported with its reason, and the map fits the others."""
+    import onnx
+
+    from tests.test_kernels import _conv3d
+
+    graphs = [light(light_dir, g) for g in GRAPHS[:4]]
+    odd = tmp_path / "conv3d.onnx"
+    onnx.save(_conv3d(frames=16, kd=3), odd)
+    base = base_totals(models, "snapdragon888", "ncnn-vulkan", [*graphs, odd])
+    rows = [(str(g), repr(float(2.5 * t))) for g, t in zip(graphs, base[:-1], strict=True)]
+    rows.append((str(odd), repr(float(40.0 * base[-1]))))
+    csv = write_timings_csv(tmp_path / "timings.csv", rows)
+    doc, timings = calibration.calibrate("snapdragon888", "ncnn-vulkan", csv, models)
+    assert doc["k"] == 4 and doc["a"] == pytest.approx(np.log(2.5), abs=1e-6)
+    (rejected,) = doc["rejected"]
+    assert rejected["reason"] == calibration.MOSTLY_ANALYTIC_REASON
+    assert rejected["graph"] == str(odd) and "kept out of the fit" in rejected["detail"]
+    # with too few other timings left, every timing is used
+    few = write_timings_csv(tmp_path / "few.csv", [rows[0], rows[1], rows[-1]])
+    doc, _ = calibration.calibrate("snapdragon888", "ncnn-vulkan", few, models)
+    assert doc["k"] == 3 and not doc["rejected"]

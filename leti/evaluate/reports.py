@@ -61,6 +61,15 @@ def transfer_markdown(report: TransferReport) -> str:
         )
     elif report.ncnn_note:
         lines.append(f"- ncnn-vulkan: {report.ncnn_note}")
+    for gid, name, bar in (("adreno660", "Snapdragon 888", 0.80), ("mali-g52-mc2", "RK3566", 0.75)):
+        if f"ncnn_loo_acc20_{gid}" in h:
+            got = h[f"ncnn_loo_acc20_{gid}"]
+            lines.append(
+                f"- ncnn-vulkan, {name} ({gid}), leave-one-model-out on the exact graphs: "
+                f"±20% **{_pct0(got)}** of all models (target ≥ {_pct0(bar)}"
+                f"{' ✅' if got >= bar else ' ❌'}); "
+                f"{_pct0(h[f'ncnn_loo_acc20_gpu_priced_{gid}'])} of the GPU-priced ones."
+            )
     lines += [
         "",
         "## 1. tflite-gpu: leave-one-SoC-out",
@@ -173,6 +182,7 @@ def transfer_markdown(report: TransferReport) -> str:
                     f"{'yes' if c.leti['mape'] < c.flops['mape'] else 'no'} |"
                 )
             lines.append(row)
+        lines += _ncnn_exact_sections(report)
         lines += [
             "",
             "All k (leti ±20% / MAPE vs FLOPs ±20% / MAPE; 90% interval coverage):",
@@ -194,15 +204,14 @@ def transfer_markdown(report: TransferReport) -> str:
             lines.append(f"| {r.target.gpu.id} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            "Data selection (`leti/ncnn_data.py`): rows with backend = vulkan and "
-            "gpu_banner = 1 (AXERA AX620A and Ingenic T40XP print gpu_device = 0 but ran on "
-            "the CPU, so are excluded); the Station-M3 RK3588S GPU rows are excluded as broken "
-            "(vgg16 in 0.56 ms); per GPU, the runs with the most rows are kept and per model "
-            "the minimum avg_ms over them; detectors and int8 models have no graph and are "
-            "skipped; the overclocked Raspberry Pi 5 duplicates the stock one. Laptop, "
-            "desktop and Jetson GPUs are not mobile targets. The graphs in "
-            "`../shared/zoo/ncnn/` approximate ncnn's own .param networks (see its "
-            "mapping.json).",
+            "Data selection (`leti/measurements/ncnn_benchmark.py`): rows with backend = "
+            "vulkan and gpu_banner = 1 (AXERA AX620A and Ingenic T40XP print gpu_device = 0 "
+            "but ran on the CPU, so are excluded); the Station-M3 RK3588S GPU rows are "
+            "excluded as broken (vgg16 in 0.56 ms); per GPU, the runs with the most rows are "
+            "kept and per model the minimum avg_ms over them; every model is priced on the "
+            "exact `.param` graph the benchmark ran, at its benchmark input size; the "
+            "overclocked Raspberry Pi 5 duplicates the stock one. Laptop, desktop and Jetson "
+            "GPUs are not mobile targets.",
             "",
             "| GPU | benchmark section | runs kept |",
             "|---|---|---|",
@@ -232,3 +241,64 @@ def write_transfer_report(report: TransferReport, out: Path) -> None:
     """`out` (markdown) and its .json."""
     atomic_write_text(out, transfer_markdown(report))
     atomic_write_json(out.with_suffix(".json"), report.to_json())
+
+
+def _ncnn_exact_sections(report: TransferReport) -> list[str]:
+    """Leave-one-model-out and leave-one-GPU-out on the exact graphs, with the figures of the
+    approximate ONNX graphs beside them."""
+    approx = (report.ncnn_approximate or {}).get("gpus", {})
+    lines = [
+        "",
+        "### Leave-one-model-out on the exact `.param` graphs",
+        "",
+        "Each model is predicted by the shipped calibration fitted on all of the GPU's other "
+        "timings (what `leti calibrate --from-benchmark` ships for Snapdragon 888 and RK3568, "
+        "minus that model), with the class prior of its fold (learned without this GPU and "
+        "without the fold's models). Timings whose base time is mostly priced analytically "
+        "(the int8 graphs, whose layers ncnn's Vulkan backend runs on the CPU) are kept out "
+        "of every fit, as `leti calibrate` does; 'GPU-priced' scores the other models only. "
+        "Zero-shot (borrowed): the map fitted on the other GPUs of the same family, each "
+        "priced with its own descriptors (what Kirin 9000 gets), applied to this GPU. "
+        "'approx. ONNX k=5' is the k = 5 figure committed before, on the approximate ONNX "
+        "exports of 15 classification models.",
+        "",
+        "| GPU | models | LOO ±20% (all) | LOO ±20% (GPU-priced) | LOO MAPE (all) | LOO τ "
+        "| LOO coverage | borrowed zero-shot ±20% (GPU-priced) | k=5 ±20% | approx. ONNX "
+        "k=5 ±20% |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report.ncnn:
+        loo, logo = r.loo, r.logo
+        c5 = r.calibrated.get(5)
+        old = approx.get(r.target.gpu.id, {})
+        if loo is None:
+            cells = "– | – | – | – | –"
+        else:
+            cells = (
+                f"{_pct0(loo['all']['acc20'])} | {_pct0(loo['gpu_priced']['acc20'])} | "
+                f"{_pct0(loo['all']['mape'])} | {_tau2(loo['all']['kendall_tau'])} | "
+                f"{_pct0(loo['coverage90'])}"
+            )
+        lines.append(
+            f"| {r.target.gpu.id} | {len(r.predictions)} | {cells} | "
+            f"{_pct0(logo['gpu_priced']['acc20']) if logo else '–'} | "
+            f"{_pct0(c5.leti['acc20']) if c5 else '–'} | "
+            f"{_pct0(old['k5_acc20']) if old.get('k5_acc20') is not None else '–'} |"
+        )
+    worst = []
+    for r in report.ncnn:
+        if r.target.gpu.id in ("adreno660", "mali-g52-mc2") and r.loo:
+            errs = sorted(r.loo["errors"].items(), key=lambda kv: -abs(kv[1]))[:6]
+            worst.append(
+                f"- {r.target.gpu.id}: " + ", ".join(f"{m} {100 * e:+.0f}%" for m, e in errs)
+            )
+    if worst:
+        lines += ["", "Largest leave-one-model-out errors (named SoCs' GPUs):", "", *worst]
+    h = (report.ncnn_approximate or {}).get("headline", {})
+    if h.get("ncnn_k5_median_acc20") is not None:
+        lines += [
+            "",
+            f"On the approximate ONNX graphs (committed before): k = 5 median ±20% "
+            f"{_pct0(h['ncnn_k5_median_acc20'])} over {h.get('ncnn_targets', '?')} GPUs.",
+        ]
+    return lines

@@ -44,6 +44,9 @@ from leti.evaluate.scores import (
     metrics,
     plan_flops,
 )
+from leti.frontend.fusion import plan as plan_kernels
+from leti.frontend.graph import parse_graph
+from leti.measurements import ncnn_benchmark as ncnn_data
 from leti.models import class_scales
 from leti.predict.registry import KERNEL_SUM_TOTAL, base_total
 from leti.train import calibrate as calibration
@@ -56,6 +59,10 @@ KS = (3, 5, 10)
 DRAWS = 20
 SEED = 0
 NCNN_FOLDS = 5
+#: Leave-one-model-out runs on every ncnn GPU with at least this many timed models.
+MIN_LOO_MODELS = 15
+#: The GPUs of the named SoCs (Snapdragon 888, RK3568 via RK3566) in the ncnn table.
+NAMED_NCNN_GPUS = ("adreno660", "mali-g52-mc2")
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "benchmarks" / "transfer.md"
 
@@ -183,6 +190,8 @@ class NcnnResult:
     nearest: str
     calibrated: dict[int, CalibratedRun]
     predictions: pd.DataFrame
+    loo: dict[str, Any] | None = None  # leave-one-model-out (`ncnn_leave_one_out`)
+    logo: dict[str, Any] | None = None  # zero-shot borrowed map (`ncnn_leave_one_gpu_out`)
 
 
 @dataclass
@@ -195,19 +204,31 @@ class NcnnTable:
     terms: dict[str, np.ndarray]
 
 
+def _ncnn_plan(graph: str, input_shape: Any) -> Any:
+    if input_shape is None:
+        return load_plan(graph, "ncnn-vulkan")
+    shapes = {ncnn_data.input_blob(Path(graph)): list(input_shape)}
+    return plan_kernels(parse_graph(graph, shapes), "ncnn-vulkan")
+
+
 def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
     t = target.timings
-    plans = {m: load_plan(g, "ncnn-vulkan") for m, g in zip(t["model"], t["graph"], strict=True)}
+    shapes = t["input_shape"] if "input_shape" in t else [None] * len(t)
+    plans = {m: _ncnn_plan(g, sh) for m, g, sh in zip(t["model"], t["graph"], shapes, strict=True)}
     models = list(t["model"])
     # What `leti calibrate --runtime ncnn-vulkan` fits on (`base_total`): the kernel sum for a
     # cross-runtime base, else the corrected total.
     which = 1 if base_total("ncnn-vulkan") == KERNEL_SUM_TOTAL else 0
     ns = SimpleNamespace(plans=plans)
 
+    shares: list[float] = []
+
     def priced(hw: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         """(predict_detail, class-scale terms) on `hw`, from one kernel-time prediction."""
         ms = transfer.kernel_sums(pipe.kernels, ns, hw, models)
         terms = np.array([class_scales.class_terms(plans[m].kernels, ms[m]) for m in models])
+        if not shares:
+            shares.extend(calibration.analytic_share(plans[m], ms[m]) for m in models)
         return transfer.detail_from_kernel_ms(pipe, ns, models, ms), terms
 
     detail, own_terms = priced(target.gpu)
@@ -221,6 +242,9 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
             "kernel_sum": sums,
             "compute_share": share,
             "flops": [plan_flops(plans[m]) for m in models],
+            # priced without measurements of its op family (int8 layers ncnn runs on the CPU):
+            # kept out of calibration fits, as `leti calibrate` does (MOSTLY_ANALYTIC)
+            "analytic_share": shares,
         }
     )
     terms = {"transfer": own_terms}
@@ -228,6 +252,12 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
         profile, terms[f"profile:{s}"] = priced(socs.resolve(s))
         frame[f"profile:{s}"] = profile[which]
     return NcnnTable(target, frame, terms)
+
+
+def _fit_rows(tb: NcnnTable) -> np.ndarray:
+    """Rows a calibration may fit on: not mostly priced analytically (`leti calibrate`'s rule:
+    `leti.train.calibrate.MOSTLY_ANALYTIC`)."""
+    return tb.frame["analytic_share"].to_numpy(float) < calibration.MOSTLY_ANALYTIC
 
 
 def _ncnn_folds(n: int, tag: str) -> np.ndarray:
@@ -248,7 +278,7 @@ def ncnn_class_prior(
     for tb in tables:
         if tb.target.gpu.id == exclude_gpu:
             continue
-        keep = ~tb.frame["model"].isin(exclude_models).to_numpy()
+        keep = ~tb.frame["model"].isin(exclude_models).to_numpy() & _fit_rows(tb)
         groups.append((tb.terms["transfer"][keep], tb.frame["measured"].to_numpy(float)[keep]))
     return class_scales.learn_prior(
         groups, "ncnn benchmark (BSD-3): per-GPU fits of the mobile GPUs' Vulkan timings"
@@ -286,7 +316,8 @@ def ncnn_calibrated(
     f = tb.frame
     n = len(f)
     fold = _ncnn_folds(n, tb.target.gpu.id)
-    if min(int((fold != i).sum()) for i in range(NCNN_FOLDS)) < k:
+    fit_rows = _fit_rows(tb)
+    if min(int(((fold != i) & fit_rows).sum()) for i in range(NCNN_FOLDS)) < k:
         return None
     y = f["measured"].to_numpy(float)
     flops = f["flops"].to_numpy(float)
@@ -295,7 +326,7 @@ def ncnn_calibrated(
         pred, la_pred, fpred = np.empty(n), np.empty(n), np.empty(n)
         for i in range(NCNN_FOLDS):
             test = np.flatnonzero(fold == i)
-            pool = np.flatnonzero(fold != i)
+            pool = np.flatnonzero((fold != i) & fit_rows)
             rng = np.random.default_rng([SEED, r, k, i, *map(ord, tb.target.gpu.id)])
             cal = rng.choice(pool, size=k, replace=False)
             p, (lo, hi), pick, lp, form = _calibrate_cross(tb, cal, test, priors[i], prior_sd)
@@ -321,16 +352,73 @@ def ncnn_calibrated(
     )
 
 
-def ncnn_tables(pipe: transfer.TransferPipeline, data_dir: Path, zoo_dir: Path) -> list[NcnnTable]:
-    from leti.measurements import ncnn_benchmark as ncnn_data
+def ncnn_leave_one_out(
+    tb: NcnnTable, priors: Sequence[class_scales.ClassPrior], prior_sd: float
+) -> dict[str, Any] | None:
+    """Each model predicted by the shipped calibration fitted on all of the GPU's other
+    timings (what `leti calibrate --from-benchmark` ships, minus the model), with the class
+    prior of the model's fold (learned without this GPU and without the fold's models).
+    Metrics over every model and over the GPU-priced ones (not mostly analytic)."""
+    f = tb.frame
+    n = len(f)
+    fit_rows = _fit_rows(tb)
+    if int(fit_rows.sum()) - 1 < MIN_LOO_MODELS - 1 or n < MIN_LOO_MODELS:
+        return None
+    fold = _ncnn_folds(n, tb.target.gpu.id)
+    y = f["measured"].to_numpy(float)
+    pred, inside = np.empty(n), np.empty(n, bool)
+    for i in range(n):
+        cal = np.flatnonzero(fit_rows & (np.arange(n) != i))
+        p, (lo, hi), *_ = _calibrate_cross(tb, cal, np.array([i]), priors[fold[i]], prior_sd)
+        pred[i] = p[0]
+        lr = np.log(y[i] / p[0])
+        inside[i] = lo <= lr <= hi
+    return {
+        "all": metrics(pred, y),
+        "gpu_priced": metrics(pred[fit_rows], y[fit_rows]),
+        "coverage90": float(inside.mean()),
+        "coverage90_gpu_priced": float(inside[fit_rows].mean()),
+        "mostly_analytic": [str(m) for m in f["model"][~fit_rows]],
+        "errors": {str(m): float(p / t - 1) for m, p, t in zip(f["model"], pred, y, strict=True)},
+    }
 
+
+def ncnn_leave_one_gpu_out(tables: Sequence[NcnnTable]) -> dict[str, dict[str, Any]]:
+    """The zero-shot ncnn answer of a GPU with no public timing (what Kirin 9000 gets): the
+    log-affine map from the base's kernel sum to ncnn time, fitted on the pooled timings of
+    the *other* GPUs of the same family (all other GPUs where the family has no other), each
+    priced with its own descriptors, applied to this GPU's base."""
+    out = {}
+    for tb in tables:
+        fam = tb.target.gpu.family
+        others = [o for o in tables if o is not tb and o.target.gpu.family == fam]
+        if not others:
+            others = [o for o in tables if o is not tb]
+        x = np.concatenate([o.frame["transfer"].to_numpy(float)[_fit_rows(o)] for o in others])
+        yo = np.concatenate([o.frame["measured"].to_numpy(float)[_fit_rows(o)] for o in others])
+        fit = calibration.fit_log_affine(x, yo)
+        y = tb.frame["measured"].to_numpy(float)
+        pred = fit.apply(tb.frame["transfer"].to_numpy(float))
+        keep = _fit_rows(tb)
+        out[tb.target.gpu.id] = {
+            "borrowed_from": [o.target.gpu.id for o in others],
+            "all": metrics(pred, y),
+            "gpu_priced": metrics(pred[keep], y[keep]),
+        }
+    return out
+
+
+def ncnn_tables(
+    pipe: transfer.TransferPipeline, data_dir: Path, zoo_dir: Path | None = None
+) -> list[NcnnTable]:
     return [ncnn_predictions(pipe, t) for t in ncnn_data.load_targets(data_dir, zoo_dir)]
 
 
 def evaluate_ncnn(
-    tables: Sequence[NcnnTable], sets: Mapping[str, Any], prior_sd: float
+    tables: Sequence[NcnnTable], sets: Mapping[str, Any], prior_sd: float, loo: bool = True
 ) -> list[NcnnResult]:
     flops82 = {m: plan_flops(p) for s in sets for m, p in sets[s].plans.items()}
+    logo = ncnn_leave_one_gpu_out(tables)
     out = []
     for tb in tables:
         target, pred = tb.target, tb.frame
@@ -361,6 +449,8 @@ def evaluate_ncnn(
                 nearest=ref,
                 calibrated=cal,
                 predictions=pred,
+                loo=ncnn_leave_one_out(tb, priors, prior_sd) if loo else None,
+                logo=logo.get(target.gpu.id),
             )
         )
     return out
@@ -380,6 +470,7 @@ class TransferReport:
     elapsed_s: float
     ncnn_note: str = ""
     class_prior: dict[str, Any] | None = None  # for the transfer manifest's `class_priors`
+    ncnn_approximate: dict[str, Any] | None = None  # earlier figures on approximate graphs
 
     def headline(self) -> dict[str, Any]:
         k5 = self.calibrated[5]
@@ -402,6 +493,10 @@ class TransferReport:
             doc["ncnn_k5_beats_flops_mape"] = sum(r.leti["mape"] < r.flops["mape"] for r in runs)
             doc["ncnn_k5_beats_flops_acc20"] = sum(r.leti["acc20"] > r.flops["acc20"] for r in runs)
             doc["ncnn_targets"] = len(runs)
+        for r in self.ncnn:
+            if r.loo is not None and r.target.gpu.id in NAMED_NCNN_GPUS:
+                doc[f"ncnn_loo_acc20_{r.target.gpu.id}"] = r.loo["all"]["acc20"]
+                doc[f"ncnn_loo_acc20_gpu_priced_{r.target.gpu.id}"] = r.loo["gpu_priced"]["acc20"]
         return doc
 
     def to_json(self) -> dict:
@@ -442,9 +537,13 @@ class TransferReport:
                         }
                         for k, c in r.calibrated.items()
                     },
+                    "leave_one_model_out": r.loo,
+                    "leave_one_gpu_out": r.logo,
                 }
                 for r in self.ncnn
             },
+            "ncnn_graphs": "exact .param graphs of the benchmark" if self.ncnn else None,
+            "ncnn_approximate_onnx": self.ncnn_approximate,
         }
 
 
@@ -468,14 +567,15 @@ def run(
     prior = {"transfer": _rms(np.concatenate([r.log_residuals for r in probe.values()]))}
     calibrated = {k: loso_calibrated(loso, flops, k, prior["transfer"]) for k in KS}
     shared = shared or shared_dir()
-    data_dir, zoo_dir = shared / "data" / "ncnn-benchmark", shared / "zoo" / "ncnn"
+    data_dir = shared / "data" / "ncnn-benchmark"
     ncnn: list[NcnnResult] = []
     note = ""
     class_prior = None
-    if (data_dir / "ncnn_benchmark.csv").is_file() and (zoo_dir / "mapping.json").is_file():
+    graphs = data_dir / ncnn_data.MODELS_DIR
+    if (data_dir / "ncnn_benchmark.csv").is_file() and (graphs / ncnn_data.INPUTS_FILE).is_file():
         pipe = transfer.fit_transfer(cache, sorted(sets))
-        tables = ncnn_tables(pipe, data_dir, zoo_dir)
-        probe_n = evaluate_ncnn(tables, sets, calibration.DEFAULT_PRIOR_SD)
+        tables = ncnn_tables(pipe, data_dir)
+        probe_n = evaluate_ncnn(tables, sets, calibration.DEFAULT_PRIOR_SD, loo=False)
         resid = [r.calibrated[5].log_residuals for r in probe_n if 5 in r.calibrated]
         if resid:
             prior["cross_runtime"] = _rms(np.concatenate(resid))
@@ -484,14 +584,15 @@ def run(
             **ncnn_class_prior(tables).to_dict(),
             "data": {
                 "path": str(data_dir / "ncnn_benchmark.csv"),
-                "licence": "BSD-3-Clause (the ncnn project's benchmark/README.md)",
+                "licence": ncnn_data.LICENCE,
                 "sha256": sha256_file(data_dir / "ncnn_benchmark.csv"),
+                "data_sha256": ncnn_data.data_sha256(data_dir),
                 "gpus": [tb.target.gpu.id for tb in tables],
-                "graphs": str(zoo_dir),
+                "graphs": "exact .param graphs (models/ beside the table)",
             },
         }
     else:
-        note = f"skipped: ncnn benchmark or graphs not found under {shared}"
+        note = f"skipped: ncnn benchmark or its .param graphs not found under {data_dir}"
     report = TransferReport(
         loso,
         zero,
@@ -501,8 +602,37 @@ def run(
         time.perf_counter() - t0,
         ncnn_note=note,
         class_prior=class_prior,
+        ncnn_approximate=approximate_onnx_figures(DEFAULT_OUT.with_suffix(".json")),
     )
     return report, sets, cache
+
+
+def approximate_onnx_figures(previous_json: Path) -> dict[str, Any] | None:
+    """The ncnn figures measured on the approximate ONNX graphs (15 classification models of
+    `../shared/zoo/ncnn/`) before the exact `.param` graphs existed, carried from the committed
+    report so that the new figures stand beside them."""
+    if not previous_json.is_file():
+        return None
+    import json
+
+    doc = json.loads(previous_json.read_text("utf-8"))
+    if "ncnn_approximate_onnx" in doc:
+        return doc["ncnn_approximate_onnx"]
+    if doc.get("ncnn_graphs") or not doc.get("ncnn"):
+        return None
+    return {
+        "graphs": "approximate ONNX exports of 15 classification models (../shared/zoo/ncnn)",
+        "headline": {k: v for k, v in doc.get("headline", {}).items() if str(k).startswith("ncnn")},
+        "gpus": {
+            g: {
+                "models": r.get("models"),
+                "zero_shot_acc20": r.get("zero_shot", {}).get("acc20"),
+                **{f"k{k}_acc20": r[f"k{k}"]["leti"]["acc20"] for k in KS if f"k{k}" in r},
+                **{f"k{k}_flops_acc20": r[f"k{k}"]["flops"]["acc20"] for k in KS if f"k{k}" in r},
+            }
+            for g, r in doc["ncnn"].items()
+        },
+    }
 
 
 def _rms(x: np.ndarray) -> float:

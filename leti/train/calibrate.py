@@ -125,6 +125,21 @@ COVERAGE = 0.9
 DEFAULT_PRIOR_SD = 0.15
 OWN = "own"
 PROFILE_PREFIX = "profile:"
+#: A timing whose base time is at least this share priced analytically (op families without
+#: measurements, e.g. the int8 layers ncnn-vulkan runs on the CPU) says more about that op
+#: family than about the map: it is kept out of the fit while enough other timings remain.
+MOSTLY_ANALYTIC = 0.5
+MOSTLY_ANALYTIC_REASON = "mostly_analytic"
+
+
+def analytic_share(plan: Any, kernel_ms: np.ndarray) -> float:
+    """Share of a plan's kernel time priced analytically (no measurements of its family)."""
+    ms = np.asarray(kernel_ms, float)
+    total = float(ms.sum())
+    if total <= 0:
+        return 0.0
+    analytic = np.array([k.priced == "analytic" for k in plan.kernels], bool)
+    return float(ms[analytic].sum()) / total
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,6 +520,23 @@ def calibrate_timings(
         plans.append(plan)
         for name, total in totals.items():
             preds[name].append(total)
+    shares = [analytic_share(plan, base.kernel_ms(plan)) for plan in plans]
+    keep = [sh < MOSTLY_ANALYTIC for sh in shares]
+    if sum(keep) >= MIN_TIMINGS and not all(keep):
+        for row, sh, k in zip(used, shares, keep, strict=True):
+            if not k:
+                timings.rejected.append(
+                    RejectedRow(
+                        row.line,
+                        row.graph,
+                        MOSTLY_ANALYTIC_REASON,
+                        f"{100 * sh:.0f}% of its base time is priced without measurements of "
+                        "its op family: kept out of the fit",
+                    )
+                )
+        used = [r for r, k in zip(used, keep, strict=True) if k]
+        plans = [p for p, k in zip(plans, keep, strict=True) if k]
+        preds = {n: [v for v, k in zip(vs, keep, strict=True) if k] for n, vs in preds.items()}
     timings.rows = used
     timings.rejected.sort(key=lambda r: r.line)
     if len(used) < MIN_TIMINGS:

@@ -25,7 +25,7 @@ import pandas as pd
 from leti.core import socs
 from leti.core.errors import LetiError, MeasurementError
 from leti.core.records import KernelPlan
-from leti.core.store import atomic_write_json
+from leti.core.store import atomic_write_json, sha256_file
 from leti.frontend.features import graph_features
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import parse_graph
@@ -310,10 +310,10 @@ def fit_and_save(
     data = measurements.data_manifest(measurements_root)
     created = datetime.now(UTC).replace(microsecond=0).isoformat()
 
-    def manifest_for(kernel_files: dict[str, str]) -> dict:
+    def manifest_for(kernel_files: dict[str, str], content_sha256: str) -> dict:
         digest = hashlib.sha256(
             json.dumps(
-                [data.get("data_sha256", ""), fusion_rules_sha256(), sorted(kernel_files)]
+                [data.get("data_sha256", ""), fusion_rules_sha256(), content_sha256]
             ).encode()
         ).hexdigest()[:10]
         return {
@@ -347,16 +347,21 @@ def fit_and_save(
 def save_model_folder(
     folder: Path,
     pipe,
-    manifest_for: Callable[[dict[str, str]], dict],
+    manifest_for: Callable[[dict[str, str], str], dict],
     manifest_name: str = "manifest.json",
 ) -> dict:
     """Write `pipe`'s kernels and corrector and the manifest into a staging folder, then swap
-    it in whole, so a reader never sees a mix of old and new files."""
+    it in whole, so a reader never sees a mix of old and new files. `manifest_for` gets the
+    kernel files and a hash of every file written, so that the model version changes whenever
+    the fitted model does (a refit graph stage included)."""
     stage = folder.with_name(f".{folder.name}.staging")
     shutil.rmtree(stage, ignore_errors=True)
     kernel_files = pipe.kernels.save(stage)
     pipe.corrector.save(stage / "corrector.json")
-    manifest = manifest_for(kernel_files)
+    content = hashlib.sha256()
+    for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+        content.update(f"{path.relative_to(stage).as_posix()}\t{sha256_file(path)}\n".encode())
+    manifest = manifest_for(kernel_files, content.hexdigest())
     atomic_write_json(stage / manifest_name, manifest)
     _swap_in(stage, folder)
     return manifest

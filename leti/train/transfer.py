@@ -247,10 +247,10 @@ def fit_and_save(
         for s, g in loso.groupby("soc")
     }
 
-    def manifest_for(kernel_files: dict[str, str]) -> dict:
+    def manifest_for(kernel_files: dict[str, str], content_sha256: str) -> dict:
         digest = hashlib.sha256(
             json.dumps(
-                [data.get("data_sha256", ""), fusion_rules_sha256(), sorted(kernel_files), [lo, hi]]
+                [data.get("data_sha256", ""), fusion_rules_sha256(), content_sha256, [lo, hi]]
             ).encode()
         ).hexdigest()[:10]
         return {
