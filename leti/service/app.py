@@ -4,8 +4,8 @@
     app = create_app({"MODELS_DIR": "m"})  # or explicit
 
 Endpoints (see `leti.service.openapi` and the README): POST /predict, POST /predict/batch,
-GET /socs, GET /healthz, GET /openapi.json, GET /metrics. Every error is JSON
-`{"error": kind, "detail": ...}`.
+GET /socs, GET /healthz, GET /openapi.json, GET /metrics, and GET / (a web page over them,
+`leti.service.page`). Every error is JSON `{"error": kind, "detail": ...}`.
 
 State that outlives a request lives on the app, never at module level: the estimator cache (one
 `Estimator` per (soc, runtime), loaded once per process) and the metrics, each behind a lock.
@@ -36,6 +36,7 @@ from leti.core.errors import (
 from leti.core.store import models_dir as resolve_models_dir
 from leti.core.version import VERSION
 from leti.service.metrics import Metrics
+from leti.service.page import bp as page_bp
 from leti.service.parsing import (
     MULTIPART,
     RAW_TYPES,
@@ -459,5 +460,6 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = st
     app.register_blueprint(bp)
+    app.register_blueprint(page_bp)
     _register_handlers(app)
     return app

@@ -353,6 +353,18 @@ def build_spec(
                     },
                 }
             },
+            "/": {
+                "get": {
+                    "summary": "A web page over this API (upload, pick SoCs, compare)",
+                    "operationId": "page",
+                    "responses": {
+                        "200": {
+                            "description": "A self-contained HTML page (no external assets).",
+                            "content": {"text/html": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
