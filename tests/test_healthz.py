@@ -19,7 +19,7 @@ def test_ok_with_the_bundled_models():
 
 
 def test_degraded_with_an_empty_models_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    # An installed wheel has no models/ beside the package: no transfer model to fall back on.
+    # Nothing to fall back on either: no bundled transfer model.
     monkeypatch.setattr(registry, "bundled_models_dir", lambda: tmp_path / "no-bundled-models")
     empty = tmp_path / "models"
     empty.mkdir()
