@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from leti.cli import main as cli_main
-from leti.core.errors import CalibrationError
+from leti.core.errors import CalibrationError, LetiError
 from leti.models.calibration import OFFSET_FLOOR, CalibrationMap
 from leti.predict import registry
 from leti.predict.estimator import Estimator, uncalibrated_base
@@ -498,3 +498,38 @@ def test_a_timing_mostly_priced_analytically_is_kept_out_of_the_fit(tmp_path, li
     few = write_timings_csv(tmp_path / "few.csv", [rows[0], rows[1], rows[-1]])
     doc, _ = calibration.calibrate("snapdragon888", "ncnn-vulkan", few, models)
     assert doc["k"] == 3 and not doc["rejected"]
+
+
+def test_any_runtime_name_calibrates_as_a_cross_runtime_calibration(tmp_path, light_dir, models):
+    """`leti calibrate --runtime armnn-opencl`: a runtime leti has no data or rules for is
+    calibrated on the default runtime's kernel sum, recorded in socs.json, and answers."""
+    from leti.core import socs
+    from leti.core.errors import SocRegistryError, UnknownRuntimeError
+
+    graphs = [light(light_dir, g) for g in GRAPHS[:4]]
+    base = base_totals(models, "snapdragon888", "ncnn-vulkan", graphs)  # same base: kernel sum
+    rows = [(str(g), repr(float(3.0 * t))) for g, t in zip(graphs, base, strict=True)]
+    csv = write_timings_csv(tmp_path / "timings.csv", rows)
+    with pytest.raises(UnknownRuntimeError):
+        Estimator.load("snapdragon888", "armnn-opencl", models)
+    before = sorted(p.name for p in models.rglob("*"))
+    with pytest.raises(SocRegistryError, match="lowercase"):
+        calibration.calibrate("snapdragon888", "Arm NN!", csv, models)
+    assert sorted(p.name for p in models.rglob("*")) == before  # nothing written
+    doc, _ = calibration.calibrate("snapdragon888", "armnn-opencl", csv, models)
+    assert doc["runtime"] == "armnn-opencl" and doc["base"]["runtime"] == "tflite-gpu"
+    assert doc["base"]["total"] == registry.KERNEL_SUM_TOTAL
+    assert doc["a"] == pytest.approx(np.log(3.0), abs=1e-6)
+    assert "armnn-opencl" in socs.read_user_runtimes(models)
+    est = Estimator.load("snapdragon888", "armnn-opencl", models)
+    pred = est.predict(light(light_dir, GRAPHS[4]))
+    assert pred.provenance == "calibrated" and pred.runtime == "armnn-opencl"
+    expected = 3.0 * base_totals(
+        models, "snapdragon888", "ncnn-vulkan", [light(light_dir, GRAPHS[4])]
+    )
+    assert pred.total_ms == pytest.approx(expected[0], rel=1e-3)
+    listed = {(a["soc"], a["runtime"]) for a in available(models)}
+    assert ("snapdragon888", "armnn-opencl") in listed
+    # another SoC has no calibration for it: a clear not-found, not a crash
+    with pytest.raises(LetiError, match="armnn-opencl"):
+        Estimator.load("snapdragon855", "armnn-opencl", models)

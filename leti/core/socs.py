@@ -229,8 +229,16 @@ def add_user_soc(models_dir: str | os.PathLike[str], sid: str, **fields: Any) ->
     for other, d in existing.items():
         if _norm(d.get("name", "")) == _norm(entry["name"]):
             raise SocRegistryError(f"name {entry['name']!r} is already used by {other!r}")
-    doc = {"format": USER_SOCS_FORMAT, "socs": {**existing, sid: entry}}
+    doc = {**_user_doc(models_dir), "format": USER_SOCS_FORMAT, "socs": {**existing, sid: entry}}
     return atomic_write_json(user_socs_path(models_dir), doc)
+
+
+def _user_doc(models_dir: str | os.PathLike[str] | None) -> dict:
+    """The whole `<models_dir>/socs.json` (user SoCs and runtimes), or an empty document."""
+    if models_dir is None or not user_socs_path(models_dir).is_file():
+        return {}
+    read_user_socs(models_dir)  # validates the document
+    return json.loads(user_socs_path(models_dir).read_text("utf-8"))
 
 
 def runtimes() -> dict[str, dict]:
@@ -241,16 +249,65 @@ def default_runtime() -> str:
     return _raw()["default_runtime"]
 
 
-def resolve_runtime(name: str | None) -> str:
+def read_user_runtimes(models_dir: str | os.PathLike[str] | None) -> dict[str, dict]:
+    """Runtimes a user named in `leti calibrate --runtime NAME` (e.g. armnn-opencl): leti has no
+    per-kernel data and no fusion rules of its own for them; they answer through the
+    calibration of each SoC (`<models_dir>/socs.json`, `runtimes`)."""
+    raw = _user_doc(models_dir).get("runtimes", {})
+    if not isinstance(raw, dict):
+        raise SocRegistryError(f"{user_socs_path(models_dir)}: 'runtimes' is not an object")
+    return raw
+
+
+def all_runtimes(models_dir: str | os.PathLike[str] | None = None) -> dict[str, dict]:
+    """The bundled runtimes plus the user's runtimes of `models_dir`."""
+    return {**read_user_runtimes(models_dir), **runtimes()}
+
+
+def resolve_runtime(name: str | None, models_dir: str | os.PathLike[str] | None = None) -> str:
     if not name:
         return default_runtime()
     key = name.strip().lower()
-    if key not in runtimes():
-        known = ", ".join(sorted(runtimes()))
+    if key not in all_runtimes(models_dir):
+        known = ", ".join(sorted(all_runtimes(models_dir)))
         raise UnknownRuntimeError(
-            f"unknown runtime {name!r}; known runtimes: {known}", detail=known
+            f"unknown runtime {name!r}; known runtimes: {known} (a runtime of your own "
+            "answers once `leti calibrate --runtime NAME` has fitted it from timings)",
+            detail=known,
         )
     return key
+
+
+def user_runtime_name(name: str) -> str:
+    """A new runtime name as `leti calibrate --runtime` accepts it; SocRegistryError if bad."""
+    key = (name or "").strip().lower()
+    if not _ID_RE.match(key):
+        raise SocRegistryError(
+            f"runtime {name!r}: use lowercase letters, digits and single dashes (e.g. armnn-opencl)"
+        )
+    return key
+
+
+def add_user_runtime(models_dir: str | os.PathLike[str], name: str) -> Path | None:
+    """Record a user's runtime in `<models_dir>/socs.json` (atomically, keeping the rest);
+    None when it is already known."""
+    key = user_runtime_name(name)
+    if key in all_runtimes(models_dir):
+        return None
+    doc = _user_doc(models_dir)
+    entry = {
+        "name": key,
+        "per_kernel_data": False,
+        "fusion_rules": default_runtime(),
+        "note": "a runtime of your own: planned with the default runtime's fusion rules, "
+        "answered through each SoC's calibration from your timings",
+    }
+    doc = {
+        "format": USER_SOCS_FORMAT,
+        "socs": doc.get("socs", {}),
+        "runtimes": {**doc.get("runtimes", {}), key: entry},
+    }
+    return atomic_write_json(user_socs_path(models_dir), doc)
 
 
 def soc_for_phone(runtime: str, phone: str) -> Soc | None:

@@ -30,6 +30,7 @@ from functools import cache
 from importlib import resources
 
 from leti.core.records import CONV_KINDS, Graph, Kernel, KernelPlan, Layer, Shape
+from leti.core.socs import default_runtime
 from leti.frontend.shapes import RNN_GATES, attention_sizes, numel, rnn_sizes
 
 # Quantized op types. A mobile GPU runtime (TFLite GPU delegate, ncnn Vulkan) runs a quantized
@@ -61,10 +62,13 @@ class FusionRules:
 
 @cache
 def rules(runtime: str) -> FusionRules:
+    """The fusion rules of `runtime`. A runtime of the user's own (`leti calibrate --runtime
+    armnn-opencl`, validated by the registry before it gets here) has none: it is planned with
+    the default runtime's rules, and its calibration absorbs the difference."""
     raw = json.loads(resources.files("leti").joinpath("data/fusion.json").read_text("utf-8"))
     name = raw["aliases"].get(runtime, runtime)
     if name not in raw["runtimes"]:
-        raise KeyError(f"no fusion rules for runtime {runtime!r}")
+        name = raw["aliases"].get(default_runtime(), default_runtime())
     table = raw["runtimes"][name]
     common = raw["common"]
     return FusionRules(

@@ -77,7 +77,8 @@ class ModelChoice:
 
 
 def has_per_kernel_data(runtime: str) -> bool:
-    return bool(socs.runtimes().get(runtime, {}).get("per_kernel_data", True))
+    """Bundled runtimes say; a runtime of the user's own never has per-kernel data."""
+    return bool(socs.runtimes().get(runtime, {}).get("per_kernel_data", False))
 
 
 def base_runtime(runtime: str) -> str:
@@ -156,7 +157,7 @@ def saved_calibrations(models_dir: Path | None) -> list[tuple[str, str, dict]]:
     registry = socs.registry(models_dir).socs
     for path in sorted(Path(models_dir).glob(f"*/*/{CALIBRATION_FILE}")):
         soc, runtime = path.parent.parent.name, path.parent.name
-        if soc not in registry or runtime not in socs.runtimes():
+        if soc not in registry or runtime not in socs.all_runtimes(models_dir):
             continue
         doc = read_calibration(models_dir, soc, runtime)
         if doc is not None:
@@ -205,7 +206,7 @@ def choose(
     `ModelNotFoundError` (listing what is available) when nothing can."""
     root = resolve_models_dir(models_dir)
     s = socs.registry(root).resolve(soc)
-    rt = socs.resolve_runtime(runtime)
+    rt = socs.resolve_runtime(runtime, root)
     doc = read_calibration(root, s.id, rt)
     if has_per_kernel_data(rt):
         own = base_choice(s, rt, root, total=CORRECTED_TOTAL)

@@ -66,7 +66,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from leti.core import socs
-from leti.core.errors import CalibrationError, LetiError, ModelNotFoundError
+from leti.core.errors import (
+    CalibrationError,
+    LetiError,
+    ModelNotFoundError,
+    UnknownRuntimeError,
+)
 from leti.core.store import atomic_write_json
 from leti.core.store import models_dir as resolve_models_dir
 from leti.models import class_scales
@@ -478,9 +483,17 @@ def calibrate(
     """Fit a calibration from a timings CSV and write it; returns (document, timings)."""
     root = resolve_models_dir(models_dir)
     soc = socs.registry(root).resolve(soc_name)
-    runtime = socs.resolve_runtime(runtime_name)
+    try:
+        runtime = socs.resolve_runtime(runtime_name, root)
+        new_runtime = False
+    except UnknownRuntimeError:
+        # any runtime name: a cross-runtime calibration on the default runtime's estimator
+        runtime, new_runtime = socs.user_runtime_name(runtime_name or ""), True
     timings = read_timings(csv_path)
-    return calibrate_timings(soc, runtime, timings, root), timings
+    doc = calibrate_timings(soc, runtime, timings, root)
+    if new_runtime:
+        socs.add_user_runtime(root, runtime)  # only once the calibration is written
+    return doc, timings
 
 
 def calibrate_timings(
