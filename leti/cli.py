@@ -626,3 +626,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    why = (doc.get("base_selection") or {}).get("why")
+    if why:
+        print(f"  base: {why}")

@@ -533,3 +533,22 @@ def test_any_runtime_name_calibrates_as_a_cross_runtime_calibration(tmp_path, li
     # another SoC has no calibration for it: a clear not-found, not a crash
     with pytest.raises(LetiError, match="armnn-opencl"):
         Estimator.load("snapdragon855", "armnn-opencl", models)
+
+
+def test_a_profile_that_wins_by_one_timing_does_not_replace_the_own_base():
+    """The base choice must hold without any single timing: a profile that fits better only
+    because of one timing leaves the own base in place, and the calibration says why."""
+    rng = np.random.default_rng(7)
+    y = np.exp(rng.uniform(0, 4, 8))
+    own = y * np.exp(rng.normal(0, 0.03, 8))
+    own[0] *= 3.0  # the own base misses one timing badly
+    profile = y * np.exp(rng.normal(0, 0.08, 8))
+    profile[0] = y[0]
+    sel = calibration.choose_base({"own": own, "profile:x": profile}, y)
+    assert sel.loo_mse["profile:x"] < calibration.PROFILE_GAIN * sel.loo_mse["own"]
+    assert sel.chosen == "own" and sel.contender == "profile:x"
+    assert sel.subsets == 8 and sel.subsets_won < 8 and "not on every subset" in sel.why
+    # a profile better on every timing replaces it, on every subset
+    better = y * np.exp(rng.normal(0, 0.01, 8))
+    sel = calibration.choose_base({"own": own, "profile:x": better}, y)
+    assert sel.chosen == "profile:x" and sel.subsets_won == sel.subsets == 8

@@ -394,5 +394,9 @@ def _with_calibration(est: Estimator, doc: Mapping) -> Estimator:
         model_version=doc["model_version"],
         calibration=CalibrationMap.from_document(doc),
         manifest={**dict(est.manifest), "calibration": summary},
-        source_notes=tuple(str(n) for n in source.get("notes", ()) if n),
+        source_notes=tuple(notes),
     )
+    notes = [str(n) for n in source.get("notes", ()) if n]
+    why = (doc.get("base_selection") or {}).get("why")
+    if why:
+        notes.append(f"calibrated on {doc['k']} timings; base: {why}")

@@ -21,7 +21,10 @@ corrected total they were fitted on.
 Which base: the SoC's own (above), or, when the timings clearly say so, the transfer model
 priced with one of the measured SoCs' descriptors (a "profile": e.g. a new Mali GPU that
 behaves like the Exynos 9820 rather than like its spec sheet). A profile replaces the own base
-only when its leave-one-out error on the timings is below `PROFILE_GAIN` x the own base's.
+only when its leave-one-out error on the timings is below `PROFILE_GAIN` x the own base's, and
+still is on every subset that leaves one timing out (`choose_base`): with k = 5 timings the
+raw comparison switched bases in half of the draws on one board, and those draws did worse.
+The calibration stores the choice and the reason, and every answer repeats it.
 
 Fit: the intercept `a` is free; the slope is ridge-regressed towards 1 (prior b = 1,
 `SLOPE_PRIOR` = lambda on (b - 1)), so with k = 3 timings the map is essentially a scale and
@@ -383,6 +386,85 @@ def fit_cross_runtime(
     return CrossRuntimeFit(la, w, resid, loo, sd, interval)
 
 
+@dataclass(frozen=True)
+class BaseSelection:
+    """Which candidate base a calibration kept, and why (stored in the calibration)."""
+
+    chosen: str
+    loo_mse: dict[str, float]  # every candidate's leave-one-out mean squared log residual
+    contender: str | None  # the profile that beat the own base on all the timings, if any
+    subsets_won: int  # of the leave-one-timing-out subsets where the contender still won
+    subsets: int
+    why: str
+
+
+def _loo_mse(base: np.ndarray, y: np.ndarray, slope_prior: float | None, prior_sd: float) -> float:
+    return float(
+        np.mean(fit_log_affine(base, y, slope_prior, prior_sd=prior_sd).loo_residuals ** 2)
+    )
+
+
+def choose_base(
+    candidates: Mapping[str, Sequence[float]],
+    measured_ms: Sequence[float],
+    prior_sd: float = DEFAULT_PRIOR_SD,
+    gain: float = PROFILE_GAIN,
+    slope_prior: float | None = None,
+) -> BaseSelection:
+    """The own base (first candidate) unless a profile's log-affine leave-one-out mean squared
+    log residual is below `gain` x the own base's on the timings *and* on every subset that
+    leaves one timing out. The second condition makes the choice robust to which k timings
+    were drawn: one lucky timing cannot move a calibration to another phone's profile."""
+    names = list(candidates)
+    if not names:
+        raise CalibrationError("no base estimator to calibrate")
+    y = np.asarray(measured_ms, float)
+    bases = {n: np.asarray(v, float) for n, v in candidates.items()}
+    bases = {n: v for n, v in bases.items() if n == names[0] or np.isfinite(v).all()}
+    mse = {n: _loo_mse(v, y, slope_prior, prior_sd) for n, v in bases.items()}
+    own = names[0]
+    contender = min((n for n in bases if n != own), key=mse.__getitem__, default=None)
+    if contender is None or mse[contender] >= gain * mse[own]:
+        ratio = (
+            ""
+            if contender is None
+            else f" (best profile {contender}: {mse[contender] / max(mse[own], 1e-12):.2f}x)"
+        )
+        return BaseSelection(
+            own,
+            mse,
+            None,
+            0,
+            0,
+            f"own base kept: no profile's leave-one-out error is below {gain} x its own{ratio}",
+        )
+    k = len(y)
+    won = 0
+    subsets = 0
+    if k - 1 >= MIN_TIMINGS:
+        for i in range(k):
+            keep = np.arange(k) != i
+            subsets += 1
+            own_i = _loo_mse(bases[own][keep], y[keep], slope_prior, prior_sd)
+            won += _loo_mse(bases[contender][keep], y[keep], slope_prior, prior_sd) < gain * own_i
+    ratio = mse[contender] / max(mse[own], 1e-12)
+    if subsets and won == subsets:
+        why = (
+            f"{contender} replaces the own base: its leave-one-out error is {ratio:.2f}x the own "
+            f"base's (< {gain}) on all {k} timings and on each of the {subsets} subsets that "
+            "leave one timing out"
+        )
+        return BaseSelection(contender, mse, contender, won, subsets, why)
+    why = (
+        f"own base kept: {contender} fits these timings better ({ratio:.2f}x) but not on "
+        f"every subset that leaves one timing out ({won}/{subsets})"
+        if subsets
+        else f"own base kept: {contender} fits better ({ratio:.2f}x) but {k} timings are too "
+        "few to check that the choice holds without any one of them"
+    )
+    return BaseSelection(own, mse, contender, won, subsets, why)
+
+
 def select_and_fit(
     candidates: Mapping[str, Sequence[float]],
     measured_ms: Sequence[float],
@@ -391,35 +473,17 @@ def select_and_fit(
     slope_prior: float | None = None,
     offset_gain: float | None = OFFSET_GAIN,
 ) -> tuple[str, MapFit]:
-    """Fit the map on every candidate base, keep the base the timings support, then the form.
-
-    The first candidate is the SoC's own base; another (a transfer profile: the transfer model
-    priced with a measured SoC's descriptors) replaces it only when its log-affine
-    leave-one-out mean squared log residual is below `gain` times the own base's, so a handful
-    of noisy timings rarely moves the base. On the base kept, the offset form replaces the
-    log-affine map by the same kind of rule (`choose_form`, `offset_gain`; None: log-affine
-    only). Returns (candidate name, fit of the form kept)."""
-    names = list(candidates)
-    if not names:
-        raise CalibrationError("no base estimator to calibrate")
-    best = names[0]
-    best_fit = fit_log_affine(candidates[best], measured_ms, slope_prior, prior_sd=prior_sd)
-    own_score = float(np.mean(best_fit.loo_residuals**2))
-    best_score = own_score * gain
-    for name in names[1:]:
-        base = np.asarray(candidates[name], float)
-        if not np.isfinite(base).all():
-            continue
-        fit = fit_log_affine(base, measured_ms, slope_prior, prior_sd=prior_sd)
-        score = float(np.mean(fit.loo_residuals**2))
-        if score < best_score:
-            best, best_fit, best_score = name, fit, score
+    """Keep the base the timings support (`choose_base`), then the form (`choose_form`, by the
+    same kind of rule; `offset_gain` None: log-affine only). Returns (candidate name, fit of
+    the form kept)."""
+    sel = choose_base(candidates, measured_ms, prior_sd, gain, slope_prior)
+    la = fit_log_affine(candidates[sel.chosen], measured_ms, slope_prior, prior_sd=prior_sd)
     if offset_gain is None:
-        return best, best_fit
+        return sel.chosen, la
     form, _ = choose_form(
-        candidates[best], measured_ms, best_fit, prior_sd, offset_gain, slope_prior
+        candidates[sel.chosen], measured_ms, la, prior_sd, offset_gain, slope_prior
     )
-    return best, form
+    return sel.chosen, form
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,7 +624,9 @@ def calibrate_timings(
         )
     measured = np.array([r.latency_ms for r in used])
     prior_sd, prior_source = prior_sd_for(base, runtime, root)
-    chosen, la = select_and_fit(preds, measured, prior_sd=prior_sd, offset_gain=None)
+    selection = choose_base(preds, measured, prior_sd=prior_sd)
+    chosen = selection.chosen
+    la = fit_log_affine(preds[chosen], measured, prior_sd=prior_sd)
     base = bases[chosen]
     profile = chosen[len(PROFILE_PREFIX) :] if chosen.startswith(PROFILE_PREFIX) else None
     own_fit = fit_log_affine(preds[OWN], measured, prior_sd=prior_sd)
@@ -607,13 +673,14 @@ def calibrate_timings(
         },
         "base_selection": {
             "rule": f"a transfer profile replaces the own base only when its leave-one-out "
-            f"mean squared log residual is below {PROFILE_GAIN} x the own base's",
-            "loo_mse": {
-                name: float(
-                    np.mean(fit_log_affine(p, measured, prior_sd=prior_sd).loo_residuals ** 2)
-                )
-                for name, p in preds.items()
-            },
+            f"mean squared log residual is below {PROFILE_GAIN} x the own base's on the "
+            "timings and on every subset that leaves one timing out",
+            "chosen": chosen,
+            "why": selection.why,
+            "loo_mse": selection.loo_mse,
+            "contender": selection.contender,
+            "subsets_won": selection.subsets_won,
+            "subsets": selection.subsets,
             "own_loo_rms_log_residual": float(np.sqrt(np.mean(own_fit.loo_residuals**2))),
         },
         "form": fit.form,
