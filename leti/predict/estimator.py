@@ -386,6 +386,10 @@ def _with_calibration(est: Estimator, doc: Mapping) -> Estimator:
         "source": doc.get("source"),
     }
     source = doc.get("source") or {}
+    notes = [str(n) for n in source.get("notes", ()) if n]
+    why = (doc.get("base_selection") or {}).get("why")
+    if why:
+        notes.append(f"calibrated on {doc['k']} timings; base: {why}")
     return replace(
         est,
         runtime=doc["runtime"],
@@ -396,7 +400,3 @@ def _with_calibration(est: Estimator, doc: Mapping) -> Estimator:
         manifest={**dict(est.manifest), "calibration": summary},
         source_notes=tuple(notes),
     )
-    notes = [str(n) for n in source.get("notes", ()) if n]
-    why = (doc.get("base_selection") or {}).get("why")
-    if why:
-        notes.append(f"calibrated on {doc['k']} timings; base: {why}")
