@@ -364,6 +364,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         mapped = f"t = {off['scale']:.4f} t_base {off['offset_ms']:+.3f} ms"
     else:
         mapped = f"log t = {doc['a']:+.4f} + {doc['b']:.4f} log t_base"
+    why = (doc.get("base_selection") or {}).get("why")
+    if why:
+        print(f"  base: {why}")
     sel = doc.get("form_selection")
     if sel:
         mse = sel["loo_mse"]
@@ -626,6 +629,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-    why = (doc.get("base_selection") or {}).get("why")
-    if why:
-        print(f"  base: {why}")
