@@ -533,6 +533,18 @@ def test_any_runtime_name_calibrates_as_a_cross_runtime_calibration(tmp_path, li
     # another SoC has no calibration for it: a clear not-found, not a crash
     with pytest.raises(LetiError, match="armnn-opencl"):
         Estimator.load("snapdragon855", "armnn-opencl", models)
+    # the service answers for it too, and lists it
+    from leti.service.app import create_app
+
+    client = create_app({"MODELS_DIR": str(models), "TESTING": True}).test_client()
+    r = client.post(
+        "/predict?soc=snapdragon888&runtime=armnn-opencl",
+        data=light(light_dir, GRAPHS[4]).read_bytes(),
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert r.get_json()["total_ms"] == pytest.approx(pred.total_ms, rel=1e-6)
+    assert "armnn-opencl" in client.get("/socs").get_json()["runtimes"]
 
 
 def test_a_profile_that_wins_by_one_timing_does_not_replace_the_own_base():

@@ -137,7 +137,7 @@ class ServiceState:
             if value is not None and not isinstance(value, str):
                 raise ServiceError(400, "invalid_parameter", f"'{name}' must be a string")
         soc = socs.registry(self.models_dir).resolve(soc_name)
-        runtime = socs.resolve_runtime(runtime_name)
+        runtime = socs.resolve_runtime(runtime_name, self.models_dir)
         key = (soc.id, runtime)
         est = self._estimators.get(key)
         if est is None:
@@ -320,7 +320,7 @@ def list_socs() -> Response:
                 fp32_gflops=soc.fp32_gflops,
                 dram_gbps=soc.dram_gbps,
             )
-    return jsonify({"socs": out, "runtimes": sorted(socs.runtimes())})
+    return jsonify({"socs": out, "runtimes": sorted(socs.all_runtimes(st.models_dir))})
 
 
 @bp.get("/healthz")
