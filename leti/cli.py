@@ -421,6 +421,7 @@ def cmd_socs(args: argparse.Namespace) -> int:
         by_soc.setdefault(a["soc"], {})[a["runtime"]] = {
             "provenance": a["provenance"],
             "model_version": a["model_version"],
+            **({"calibration": a["calibration"]} if a.get("calibration") else {}),
         }
     rows = [
         {
@@ -443,6 +444,17 @@ def cmd_socs(args: argparse.Namespace) -> int:
             print("  no model answers (yet)")
         for rt, e in sorted(r["runtimes"].items()):
             print(f"  {rt}: {e['provenance']} {e['model_version']}")
+            cal = e.get("calibration")
+            if cal:
+                src = cal.get("source") or {}
+                where = src.get("section") or ", ".join(src.get("borrowed_from", []))
+                print(
+                    f"    {cal['k']} timings{f' ({where[:60]})' if where else ''}; base "
+                    f"{cal['base']['runtime']} {cal['base']['provenance']}"
+                    + (f" as {cal['base']['profile']}" if cal["base"].get("profile") else "")
+                )
+                if cal.get("why"):
+                    print(f"    {cal['why']}")
     return 0
 
 

@@ -81,9 +81,13 @@ def test_kirin9000_borrows_the_valhall_gpus_and_stays_transfer(shipped):
     assert set(doc["leave_one_gpu_out"]) == set(doc["source"]["borrowed_from"])
     lo, hi = doc["interval_log_quantiles"]
     assert lo < 0 < hi
-    listed = {(a["soc"], a["runtime"]): a["provenance"] for a in available(shipped)}
-    assert listed[("kirin9000", "ncnn-vulkan")] == "transfer"
-    assert listed[("snapdragon888", "ncnn-vulkan")] == "calibrated"
+    listed = {(a["soc"], a["runtime"]): a for a in available(shipped)}
+    assert listed[("kirin9000", "ncnn-vulkan")]["provenance"] == "transfer"
+    assert listed[("snapdragon888", "ncnn-vulkan")]["provenance"] == "calibrated"
+    cal = listed[("snapdragon888", "ncnn-vulkan")]["calibration"]
+    assert cal["k"] == 27 and cal["base"]["runtime"] == "tflite-gpu" and cal["why"]
+    assert cal["source"]["section"].startswith("Qualcomm Snapdragon 888")
+    assert "mali-g720-mc12" in listed[("kirin9000", "ncnn-vulkan")]["calibration"]["why"]
 
 
 def test_linked_sections_have_enough_models():

@@ -286,11 +286,35 @@ def available(models_dir: str | os.PathLike[str] | None = None) -> list[dict]:
 
 
 def _entry(soc: socs.Soc, runtime: str, version: str, provenance: str, cal: Mapping | None) -> dict:
-    return {
+    out = {
         "soc": soc.id,
         "name": soc.name,
         "gpu": soc.gpu,
         "runtime": runtime,
         "model_version": cal["model_version"] if cal else version,
         "provenance": str(cal.get("provenance") or "calibrated") if cal else provenance,
+    }
+    if cal:
+        out["calibration"] = calibration_summary(cal)
+    return out
+
+
+def calibration_summary(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What a listing says of a saved calibration: its size, its base and why, its source."""
+    base = doc.get("base") or {}
+    source = doc.get("source") or {}
+    return {
+        "k": int(doc["k"]),
+        "base": {
+            "runtime": base.get("runtime"),
+            "provenance": base.get("provenance"),
+            "profile": base.get("profile"),
+            "model_version": base.get("model_version"),
+        },
+        "why": (doc.get("base_selection") or {}).get("why"),
+        "form": doc.get("form", "log_affine"),
+        "source": (
+            {k: source[k] for k in ("dataset", "section", "borrowed_from", "models") if k in source}
+            or None
+        ),
     }

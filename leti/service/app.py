@@ -297,6 +297,7 @@ def list_socs() -> Response:
         by_soc.setdefault(entry.get("soc", ""), {})[entry.get("runtime", "")] = {
             "model_version": entry.get("model_version"),
             "provenance": entry.get("provenance"),
+            **({"calibration": entry["calibration"]} if entry.get("calibration") else {}),
         }
     out = []
     reg = socs.registry(st.models_dir)

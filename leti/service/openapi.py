@@ -175,7 +175,29 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "model_version": {"type": "string"},
-                "provenance": {"type": "string"},
+                "provenance": {"type": "string", "enum": ["measured", "transfer", "calibrated"]},
+                "calibration": _ref("CalibrationSummary"),
+            },
+        },
+        "CalibrationSummary": {
+            "type": "object",
+            "description": "A saved calibration: how many timings, on which base and why, and "
+            "where the timings come from (a public benchmark's section for the shipped ones).",
+            "required": ["k", "base"],
+            "properties": {
+                "k": {"type": "integer", "minimum": 1},
+                "base": {
+                    "type": "object",
+                    "properties": {
+                        "runtime": {"type": "string"},
+                        "provenance": {"type": "string"},
+                        "profile": {"type": "string", "nullable": True},
+                        "model_version": {"type": "string"},
+                    },
+                },
+                "why": {"type": "string", "nullable": True},
+                "form": {"type": "string", "enum": ["log_affine", "offset"]},
+                "source": {"type": "object", "nullable": True},
             },
         },
         "Soc": {
@@ -193,6 +215,15 @@ def _schemas() -> dict[str, Any]:
                     "additionalProperties": _ref("RuntimeModel"),
                     "description": "Runtimes with a loadable model, keyed by runtime id.",
                 },
+                "user_defined": {
+                    "type": "boolean",
+                    "description": "Defined with `leti socs add` in the models dir's socs.json; "
+                    "its descriptors follow.",
+                },
+                "family": {"type": "string"},
+                "fp16_gflops": {"type": "number"},
+                "fp32_gflops": {"type": "number"},
+                "dram_gbps": {"type": "number"},
             },
         },
         "Health": {

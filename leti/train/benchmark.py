@@ -182,6 +182,11 @@ def borrow_calibration(
             "profile": None,
             "total": base_total(RUNTIME),
         },
+        "base_selection": {
+            "chosen": "own",
+            "why": f"no timing of {soc.name} exists: its own transfer base, with the map "
+            f"borrowed from {', '.join(ids)}",
+        },
         "form": LOG_AFFINE,
         "map": "log(total_ms) = a + b * log(base_total_ms) (base total = its kernel sum), "
         "fitted on the pooled timings of other GPUs, each priced with its own descriptors",
