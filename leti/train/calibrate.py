@@ -424,20 +424,15 @@ def choose_base(
     mse = {n: _loo_mse(v, y, slope_prior, prior_sd) for n, v in bases.items()}
     own = names[0]
     contender = min((n for n in bases if n != own), key=mse.__getitem__, default=None)
-    if contender is None or mse[contender] >= gain * mse[own]:
-        ratio = (
-            ""
-            if contender is None
-            else f" (best profile {contender}: {mse[contender] / max(mse[own], 1e-12):.2f}x)"
+    if contender is None:
+        return BaseSelection(own, mse, None, 0, 0, "own base: no transfer profile to compare")
+    ratio = mse[contender] / max(mse[own], 1e-12)
+    if ratio >= gain:
+        why = (
+            f"own base kept: no profile's leave-one-out error is below {gain} x its own "
+            f"(best profile {contender}: {ratio:.2f}x)"
         )
-        return BaseSelection(
-            own,
-            mse,
-            None,
-            0,
-            0,
-            f"own base kept: no profile's leave-one-out error is below {gain} x its own{ratio}",
-        )
+        return BaseSelection(own, mse, None, 0, 0, why)
     k = len(y)
     won = 0
     subsets = 0
@@ -447,7 +442,6 @@ def choose_base(
             subsets += 1
             own_i = _loo_mse(bases[own][keep], y[keep], slope_prior, prior_sd)
             won += _loo_mse(bases[contender][keep], y[keep], slope_prior, prior_sd) < gain * own_i
-    ratio = mse[contender] / max(mse[own], 1e-12)
     if subsets and won == subsets:
         why = (
             f"{contender} replaces the own base: its leave-one-out error is {ratio:.2f}x the own "
