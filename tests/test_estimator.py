@@ -68,15 +68,18 @@ def test_predict_accepts_path_bytes_and_proto(est, light_dir):
     assert a.provenance == "measured" and a.model_version.startswith("snapdragon855-tflite-gpu")
 
 
+LAYER_KEYS = {"name", "op", "kernel", "ms", "priced"} | {
+    "layers", "input_shapes", "output_shapes", "flops", "share"  # the breakdown's nodes
+}  # fmt: skip
+
+
 def test_answer_format_and_layers_add_up(est, light_models):
     for path in light_models:
         doc = est.predict(path).to_dict()
         assert set(doc) == ANSWER_KEYS
         total = sum(layer["ms"] for layer in doc["layers"])
         assert total == pytest.approx(doc["total_ms"], rel=1e-3, abs=1e-3)
-        assert all(
-            set(layer) == {"name", "op", "kernel", "ms", "priced"} for layer in doc["layers"]
-        )
+        assert all(set(layer) == LAYER_KEYS for layer in doc["layers"])
         assert {layer["priced"] for layer in doc["layers"]} <= {"measured", "analytic", "graph"}
         assert all(layer["ms"] > 0 for layer in doc["layers"] if layer["name"] != OVERHEAD_LAYER)
 

@@ -132,13 +132,24 @@ class LayerTime:
     "measured" (a kernel family with per-kernel measurements: analytic cost x the efficiency
     learned from them), "analytic" (no measurements of this op family: its FLOPs and bytes with
     a borrowed efficiency, or a standalone op's structural terms) or "graph" (the graph-level
-    terms fitted on end-to-end timings: launches, per inference, a calibration's share)."""
+    terms fitted on end-to-end timings: launches, per inference, a calibration's share).
+
+    `layers` are the model's own node names the line covers (the ONNX nodes or ncnn layers a
+    kernel fused, in graph order); `input_shapes` are the shapes of its activation inputs and
+    `output_shapes` those of what it writes; `flops` counts 2 x MACs over every covered node;
+    `share` is `ms` over the prediction's total. Shapes are empty when unknown (a line priced
+    from a bare `KernelPlan`, or the graph-level rest)."""
 
     name: str
     op: str
     kernel: str
     ms: float
     priced: str = "measured"
+    layers: tuple[str, ...] = ()
+    input_shapes: tuple[Shape | None, ...] = ()
+    output_shapes: tuple[Shape | None, ...] = ()
+    flops: int = 0
+    share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -178,5 +189,17 @@ class Prediction:
             "notes": list(self.notes),
         }
         if layers:
-            doc["layers"] = [{**asdict(lt), "ms": round(lt.ms, 4)} for lt in self.layers]
+            doc["layers"] = [_layer_dict(lt) for lt in self.layers]
         return doc
+
+
+def _layer_dict(lt: LayerTime) -> dict[str, Any]:
+    """A breakdown line as JSON: tuples become lists, unknown shapes null."""
+    return {
+        **asdict(lt),
+        "ms": round(lt.ms, 4),
+        "share": round(lt.share, 6),
+        "layers": list(lt.layers),
+        "input_shapes": [None if s is None else list(s) for s in lt.input_shapes],
+        "output_shapes": [None if s is None else list(s) for s in lt.output_shapes],
+    }

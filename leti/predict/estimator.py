@@ -95,28 +95,29 @@ class Estimator:
     ) -> KernelPlan:
         """The graph's kernels under this runtime's fusion rules. `max_layers` overrides the
         front end's node limit (`LETI_MAX_LAYERS`), e.g. a server's own configuration."""
-        if isinstance(source, Graph):
-            graph = source
-        else:
-            graph = parse_graph(source, input_shapes, max_layers=max_layers)
-        return plan_kernels(graph, self.runtime)
+        return plan_kernels(_graph(source, input_shapes, max_layers), self.runtime)
 
     def predict(
         self, source: GraphSource | Graph, input_shapes=None, *, max_layers: int | None = None
     ) -> Prediction:
         """End-to-end latency of one graph; raises a LetiError subclass on bad input."""
-        plan = self.plan(source, input_shapes, max_layers=max_layers)
-        return self.predict_plan(plan)
+        graph = _graph(source, input_shapes, max_layers)
+        return self.predict_plan(plan_kernels(graph, self.runtime), graph)
 
-    def predict_plan(self, plan: KernelPlan) -> Prediction:
-        return self._predict_plans([plan])[0]
+    def predict_plan(self, plan: KernelPlan, graph: Graph | None = None) -> Prediction:
+        """The prediction of a plan; `graph`, the one the plan was made from, gives each line
+        of the breakdown its node names' shapes and FLOPs (without it they are left empty)."""
+        return self._predict_plans([plan], [graph])[0]
 
     def kernel_ms(self, plan: KernelPlan) -> np.ndarray:
         """Predicted time of each kernel of `plan`, before any graph-level correction."""
         return predict_kernel_ms(self.kernels, [plan])[0]
 
-    def _predict_plans(self, plans: Sequence[KernelPlan]) -> list[Prediction]:
-        """Batched: one regressor call per kernel kind and one graph-stage call for all graphs."""
+    def _predict_plans(
+        self, plans: Sequence[KernelPlan], graphs: Sequence[Graph | None] | None = None
+    ) -> list[Prediction]:
+        """Batched: one regressor call per kernel kind and one graph-stage call for all graphs.
+        `graphs` (one per plan, or None) are what the breakdown reads shapes from."""
         frame, rows = kernel_batch(plans)
         split = split_by_plan(self.kernels.predict(frame) if frame is not None else (), rows)
         distances = split_by_plan(_extrapolation(self.kernels, frame, sum(rows)), rows)
@@ -125,9 +126,12 @@ class Estimator:
         sizes = np.zeros(len(plans))
         if isinstance(self.corrector, GraphOverhead):
             sizes = self.corrector.size_extrapolation(x)
+        graphs = [None] * len(plans) if graphs is None else graphs
         return [
-            self._assemble(p, ms, float(t), d, float(s))
-            for p, ms, t, d, s in zip(plans, split, totals, distances, sizes, strict=True)
+            self._assemble(p, ms, float(t), d, float(s), g)
+            for p, ms, t, d, s, g in zip(
+                plans, split, totals, distances, sizes, graphs, strict=True
+            )
         ]
 
     def _unmeasured_ms(self, plan: KernelPlan, layers: Sequence[LayerTime]) -> float:
@@ -145,7 +149,13 @@ class Estimator:
         )
 
     def _assemble(
-        self, plan: KernelPlan, ms: np.ndarray, total: float, distance: np.ndarray, size: float
+        self,
+        plan: KernelPlan,
+        ms: np.ndarray,
+        total: float,
+        distance: np.ndarray,
+        size: float,
+        graph: Graph | None = None,
     ) -> Prediction:
         kernel_sum = float(ms.sum())
         lo, hi = self.log_interval
@@ -155,7 +165,7 @@ class Estimator:
                 terms = class_scales.class_terms(plan.kernels, ms)
             total = float(self.calibration.apply(total, terms))
             lo, hi = self.calibration.interval
-        layers = self._breakdown(plan, ms, total)
+        layers = self._breakdown(plan, ms, total, graph)
         wide = widening(ms, distance, self._unmeasured_ms(plan, layers), total, size)
         lo, hi = lo - wide.log_units, hi + wide.log_units
         unsupported = _group_unsupported(plan)
@@ -172,12 +182,24 @@ class Estimator:
             notes=self._notes(plan, unsupported, wide.reasons),
         )
 
-    def _breakdown(self, plan: KernelPlan, ms: np.ndarray, total: float) -> tuple[LayerTime, ...]:
+    def _breakdown(
+        self, plan: KernelPlan, ms: np.ndarray, total: float, graph: Graph | None = None
+    ) -> tuple[LayerTime, ...]:
         """Kernels with their own times; under a structural stage each standalone op with its
         own terms; then the graph-level rest (launches, per inference, a calibration's share),
-        so that the lines add up to the total."""
+        so that the lines add up to the total. Each line names the model's nodes it covers,
+        with their activation shapes and FLOPs (read from `graph` when given) and its share."""
+        nodes = _Nodes(graph)
         layers = [
-            LayerTime(k.name, k.op_type, "+".join((k.kind, *k.fused)), float(t), k.priced)
+            LayerTime(
+                k.name,
+                k.op_type,
+                "+".join((k.kind, *k.fused)),
+                float(t),
+                k.priced,
+                *nodes.lines(k.layers, k.flops),
+                share=_share(float(t), total),
+            )
             for k, t in zip(plan.kernels, ms, strict=True)
         ]
         standalone = np.zeros(0)
@@ -186,12 +208,24 @@ class Estimator:
                 [_output_elements(la) for la in plan.overhead]
             )
             layers += [
-                LayerTime(la.name, la.op_type, "standalone", float(t), "analytic")
+                LayerTime(
+                    la.name,
+                    la.op_type,
+                    "standalone",
+                    float(t),
+                    "analytic",
+                    *nodes.lines((la.name,), la.flops, la),
+                    share=_share(float(t), total),
+                )
                 for la, t in zip(plan.overhead, standalone, strict=True)
             ]
         rest = total - float(ms.sum()) - float(standalone.sum())
         if plan.overhead or abs(rest) > 1e-12:
-            layers.append(LayerTime(OVERHEAD_LAYER, "overhead", "graph", rest, "graph"))
+            layers.append(
+                LayerTime(
+                    OVERHEAD_LAYER, "overhead", "graph", rest, "graph", share=_share(rest, total)
+                )
+            )
         return tuple(layers)
 
     def _notes(
@@ -251,16 +285,74 @@ class Estimator:
         The regressors run once for the whole batch, which is what makes NAS-sized batches fast.
         """
         out: list[Prediction | LetiError | None] = [None] * len(sources)
-        plans: list[tuple[int, KernelPlan]] = []
+        todo: list[tuple[int, KernelPlan, Graph]] = []
         for i, src in enumerate(sources):
             try:
-                plans.append((i, self.plan(src, input_shapes, max_layers=max_layers)))
+                graph = _graph(src, input_shapes, max_layers)
+                todo.append((i, plan_kernels(graph, self.runtime), graph))
             except LetiError as exc:
                 out[i] = exc
-        if plans:
-            for (i, _), pred in zip(plans, self._predict_plans([p for _, p in plans]), strict=True):
+        if todo:
+            preds = self._predict_plans([p for _, p, _ in todo], [g for _, _, g in todo])
+            for (i, _, _), pred in zip(todo, preds, strict=True):
                 out[i] = pred
         return out  # type: ignore[return-value]
+
+
+def _graph(source: GraphSource | Graph, input_shapes, max_layers: int | None) -> Graph:
+    if isinstance(source, Graph):
+        return source
+    return parse_graph(source, input_shapes, max_layers=max_layers)
+
+
+def _share(ms: float, total: float) -> float:
+    return ms / total if total else 0.0
+
+
+_CONSTANT_OPS = frozenset({"Constant", "Shape", "ConstantOfShape", "Size"})
+
+
+class _Nodes:
+    """A graph's nodes by name, and which tensors are constants (weights, shapes, tensors
+    computed from constants only), for the breakdown: a line's inputs are the activations its
+    nodes read from outside the line."""
+
+    def __init__(self, graph: Graph | None) -> None:
+        self.by_name: dict[str, Layer] = {}
+        self.const: set[str] = set()
+        if graph is None:
+            return
+        self.by_name = {la.name: la for la in graph.layers}
+        const = set(graph.initializers)
+        for la in graph.layers:
+            if la.op_type in _CONSTANT_OPS or not any(t and t not in const for t in la.inputs):
+                const.update(la.outputs)
+        self.const = const
+
+    def lines(
+        self, names: Sequence[str], flops: int, layer: Layer | None = None
+    ) -> tuple[tuple[str, ...], tuple, tuple, int]:
+        """(node names, input shapes, output shapes, FLOPs) of the nodes `names`; `flops` and
+        empty shapes where the graph is unknown."""
+        covered = [self.by_name[n] for n in names if n in self.by_name]
+        if not covered and layer is not None:
+            covered = [layer]
+        if not covered:
+            return tuple(names), (), (), int(flops)
+        produced = {t for la in covered for t in la.outputs}
+        seen: set[str] = set()
+        inputs = []
+        for la in covered:
+            for t, shape in zip(la.inputs, la.input_shapes, strict=False):
+                if t and t not in produced and t not in self.const and t not in seen:
+                    seen.add(t)
+                    inputs.append(shape)
+        return (
+            tuple(la.name for la in covered),
+            tuple(inputs),
+            tuple(covered[-1].output_shapes),
+            int(sum(la.flops for la in covered)),
+        )
 
 
 def _output_elements(layer: Layer) -> float:

@@ -76,14 +76,66 @@ def _schemas() -> dict[str, Any]:
                 },
             },
         },
+        "Shape": {
+            "type": "array",
+            "items": {"type": "integer"},
+            "nullable": True,
+            "description": "A tensor's dims; null when unknown.",
+            "example": [1, 3, 224, 224],
+        },
         "LayerTime": {
             "type": "object",
-            "required": ["name", "op", "kernel", "ms", "priced"],
+            "description": "One line of the breakdown: a kernel the runtime launches, a "
+            "standalone op, or the graph-level rest '(graph overhead)'. The lines add up to "
+            "total_ms.",
+            "required": [
+                "name",
+                "op",
+                "kernel",
+                "ms",
+                "priced",
+                "layers",
+                "input_shapes",
+                "output_shapes",
+                "flops",
+                "share",
+            ],
             "properties": {
-                "name": {"type": "string"},
-                "op": {"type": "string"},
-                "kernel": {"type": "string"},
+                "name": {"type": "string", "description": "The kernel's main node."},
+                "op": {"type": "string", "description": "Op type of the main node."},
+                "kernel": {
+                    "type": "string",
+                    "description": "Kernel kind and what is fused into it (conv+bn+relu), "
+                    "'standalone', or 'graph' for the graph-level rest.",
+                },
                 "ms": {"type": "number"},
+                "layers": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The model's own node names this line covers (ONNX nodes "
+                    "or ncnn layers a kernel fused), in graph order; empty for the graph-level "
+                    "rest.",
+                },
+                "input_shapes": {
+                    "type": "array",
+                    "items": _ref("Shape"),
+                    "description": "Shapes of the activations the line reads (weights and "
+                    "constants left out).",
+                },
+                "output_shapes": {
+                    "type": "array",
+                    "items": _ref("Shape"),
+                    "description": "Shapes of what the line writes.",
+                },
+                "flops": {
+                    "type": "integer",
+                    "description": "FLOPs (2 x MACs) of the covered nodes.",
+                },
+                "share": {
+                    "type": "number",
+                    "description": "ms / total_ms (negative for a graph-level rest that a "
+                    "calibration lowers below the kernel sum).",
+                },
                 "priced": {
                     "type": "string",
                     "enum": ["measured", "analytic", "graph"],
