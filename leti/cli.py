@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from leti.core.errors import LetiError
 
@@ -26,6 +30,15 @@ def _shape_arg(text: str) -> tuple[str, list[int]]:
 def _add_models_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models-dir", type=Path, default=None, help="default: $LETI_MODELS_DIR or models/"
+    )
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars on stderr (default: only when stderr is a terminal)",
     )
 
 
@@ -56,6 +69,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     root = models_dir(args.models_dir)
     pairs = measured_pairs(args.measurements_dir)
+    if not pairs:
+        raise _nothing_imported(args.measurements_dir)
     if args.soc:
         from leti.core.socs import resolve
 
@@ -64,21 +79,25 @@ def cmd_fit(args: argparse.Namespace) -> int:
         pairs = [p for p in pairs if p[1] == args.runtime]
     if not pairs:
         raise LetiError("nothing to fit: no end-to-end measurements match (run `leti import`)")
-    for soc, runtime in pairs:
+    bar = _bar(args, pairs, desc="fitting", unit="model")
+    for soc, runtime in bar:
+        bar.set_postfix_str(f"{soc}/{runtime}")
         t0 = time.perf_counter()
         cv = {}
         if not args.no_cv:
             cv = evaluate_soc(soc, runtime, args.measurements_dir).scores
         manifest = fit_and_save(soc, runtime, root, args.measurements_dir, cv_metrics=cv)
         acc = f", CV ±10% {100 * cv['leti']['acc10']:.1f}%" if cv else ""
-        print(
+        bar.write(
             f"{soc}/{runtime}: {manifest['model_version']} "
-            f"({manifest['training']['graphs']} graphs{acc}) in {time.perf_counter() - t0:.1f}s"
+            f"({manifest['training']['graphs']} graphs{acc}) in {time.perf_counter() - t0:.1f}s",
+            file=sys.stdout,
         )
+    bar.close()
     if not args.no_transfer and not args.soc and args.runtime in (None, "tflite-gpu"):
         # The transfer model learns from every measured SoC at once; its leave-one-SoC-out
         # evaluation sizes the intervals of unmeasured SoCs, so it runs as part of fitting.
-        _fit_transfer_model(root, args.measurements_dir)
+        _fit_transfer_model(root, args.measurements_dir, progress=args)
         # The shipped ncnn-vulkan calibrations sit on the transfer model: refit them after it.
         data = _ncnn_benchmark_dir()
         if (data / "ncnn_benchmark.csv").is_file():
@@ -97,18 +116,26 @@ def _ncnn_benchmark_dir() -> Path:
 
 
 def _fit_transfer_model(
-    root: Path, measurements_dir: Path | None, report_out: Path | None = None
+    root: Path,
+    measurements_dir: Path | None,
+    report_out: Path | None = None,
+    progress: argparse.Namespace | None = None,
 ) -> None:
     """Run the transfer evaluation (which sizes the intervals and the calibration priors),
     optionally write its report to `report_out`, then train on every measured SoC and write
-    `<root>/transfer/tflite-gpu/`."""
+    `<root>/transfer/tflite-gpu/`. `progress`: the arguments that say whether to show a bar
+    of these steps."""
     from leti.evaluate.reports import write_transfer_report
     from leti.evaluate.transfer import run as run_transfer_evaluation
     from leti.train.transfer import fit_and_save as fit_and_save_transfer
 
+    steps = _bar(progress or argparse.Namespace(progress=False), total=2, unit="step")
+    steps.set_description("transfer model: leave-one-SoC-out evaluation")
     report, sets, cache = run_transfer_evaluation(measurements_dir)
     if report_out:
         write_transfer_report(report, report_out)
+    steps.update()
+    steps.set_description("transfer model: fitting on every measured SoC")
     manifest = fit_and_save_transfer(
         root,
         "tflite-gpu",
@@ -122,47 +149,447 @@ def _fit_transfer_model(
             **({"class_priors": {"ncnn-vulkan": report.class_prior}} if report.class_prior else {}),
         },
     )
+    steps.update()
+    steps.close()
     print(f"{manifest['model_version']}: interval {manifest['interval_log_quantiles']}")
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+# --------------------------------------------------------------------------------------------
+# leti predict: graphs x SoCs, priced in one process with the batch path
+
+GRAPH_SUFFIXES = (".onnx", ".param")
+FORMATS = ("table", "csv", "jsonl", "json", "trace")
+CSV_COLUMNS = (
+    "graph",
+    "soc",
+    "runtime",
+    "total_ms",
+    "interval_low_ms",
+    "interval_high_ms",
+    "kernel_sum_ms",
+    "provenance",
+    "model_version",
+    "unsupported",
+    "error",
+    "detail",
+)
+_CHUNK = 32  # graphs per predict_many call: the progress bar moves once per chunk
+
+
+@dataclass
+class _Priced:
+    """One (graph, SoC) answer of a sweep: the prediction, or the error that stopped it."""
+
+    graph: str
+    soc: str
+    runtime: str
+    pred: Any = None  # leti.core.records.Prediction
+    error: LetiError | None = None
+    graph_index: int = 0  # position of the graph in the sweep
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """--progress / --no-progress, else only when stderr is a terminal."""
+    flag = getattr(args, "progress", None)
+    return sys.stderr.isatty() if flag is None else bool(flag)
+
+
+def _bar(args: argparse.Namespace, iterable: Any = None, **kw: Any) -> Any:
+    """A tqdm progress bar on stderr (a disabled one that still iterates, when not shown)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        iterable, file=sys.stderr, disable=not _show_progress(args), dynamic_ncols=True, **kw
+    )
+
+
+def _expand_graphs(items: Sequence[str]) -> list[Path]:
+    """Files as given; a folder gives its .onnx and .param files (not its subfolders'); a
+    glob pattern (quoted, or one the shell did not expand) gives what it matches."""
+    import glob
+
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.suffix.lower() in GRAPH_SUFFIXES and p.is_file()
+            )
+            if not found:
+                raise LetiError(f"{item}: no .onnx or .param file in this folder")
+            out += found
+        elif not path.exists() and glob.has_magic(item):
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not found:
+                raise LetiError(f"{item}: no file matches this pattern")
+            out += found
+        else:
+            out.append(path)  # a missing file becomes that graph's error
+    return list(dict.fromkeys(out))
+
+
+def _predict_socs(text: str, runtime: str | None, models_dir: Path | None) -> list[str]:
+    """`--soc a,b,c`, or `all`: every SoC a model answers for on the runtime."""
+    if text.strip().lower() != "all":
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        if not names:
+            raise LetiError("--soc needs a SoC id or alias, a comma-separated list, or 'all'")
+        return names
+    from leti.core import socs
+    from leti.predict.registry import available
+
+    rt = socs.resolve_runtime(runtime)
+    found = list(dict.fromkeys(a["soc"] for a in available(models_dir) if a["runtime"] == rt))
+    if not found:
+        raise LetiError(f"--soc all: no model answers on {rt} in {_models_root(models_dir)}")
+    return found
+
+
+def _price(args: argparse.Namespace, paths: Sequence[Path], socs: Sequence[str]):
+    """Every graph on every SoC: each graph is read once, then each SoC prices the batch."""
+    from leti.frontend.graph import parse_graph
     from leti.predict.estimator import Estimator
 
-    est = Estimator.load(args.soc, args.runtime, args.models_dir)
+    estimators = {}
+    for soc in socs:  # a bad SoC or runtime is the caller's mistake: it stops the run
+        est = Estimator.load(soc, args.runtime, args.models_dir)
+        estimators.setdefault(est.soc, est)
     shapes = dict(args.input_shape) if args.input_shape else None
-    pred = est.predict(args.graph, shapes)
-    if args.json:
-        print(json.dumps(pred.to_dict(layers=not args.no_layers), indent=2))
+    graphs: list[Any] = []
+    with _bar(args, total=len(paths), desc="reading", unit="graph", leave=False) as bar:
+        for path in paths:
+            try:
+                graphs.append(parse_graph(path, shapes))
+            except LetiError as exc:
+                graphs.append(exc)
+            bar.update()
+    ok = [i for i, g in enumerate(graphs) if not isinstance(g, LetiError)]
+    results: list[_Priced] = []
+    total = len(paths) * len(estimators)
+    with _bar(args, total=total, desc="pricing", unit="graph", leave=False) as bar:
+        for est in estimators.values():
+            answers: dict[int, Any] = {}
+            for start in range(0, len(ok), _CHUNK):
+                chunk = ok[start : start + _CHUNK]
+                for i, answer in zip(
+                    chunk, est.predict_many([graphs[i] for i in chunk]), strict=True
+                ):
+                    answers[i] = answer
+                bar.update(len(chunk))
+            bar.update(len(paths) - len(ok))
+            for i, path in enumerate(paths):
+                answer = answers.get(i, graphs[i])
+                r = _Priced(str(path), est.soc, est.runtime, graph_index=i)
+                if isinstance(answer, LetiError):
+                    r.error = answer
+                else:
+                    r.pred = answer
+                results.append(r)
+    return results, [g if not isinstance(g, LetiError) else None for g in graphs]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    fmt = args.format or ("json" if args.json else "table")
+    paths = _expand_graphs(args.graph)
+    socs = _predict_socs(args.soc, args.runtime, args.models_dir)
+    results, graphs = _price(args, paths, socs)
+    single = len(results) == 1
+    said = set()
+    for r in results:
+        if r.error is not None:
+            message = _cli_message(r.error)
+            where = r.graph
+            if len({x.soc for x in results}) > 1 and graphs[r.graph_index] is not None:
+                where = f"{r.graph} on {r.soc}"  # read, but this SoC could not price it
+            line = f"error: {message}" if where in message else f"error: {where}: {message}"
+            if line not in said:  # a graph that cannot be read fails on every SoC alike
+                said.add(line)
+                print(line, file=sys.stderr)
+    if fmt == "json" and single and results[0].pred is not None:
+        print(json.dumps(_answer_doc(args, results[0], with_graph=False), indent=2))
+    elif fmt == "json":
+        print(json.dumps([_answer_doc(args, r) for r in results], indent=2))
+    elif fmt == "jsonl":
+        for r in results:
+            print(json.dumps(_answer_doc(args, r)))
+    elif fmt == "csv":
+        _print_csv(results)
+    elif fmt == "trace":
+        print(json.dumps(chrome_trace(results, graphs)))
+    elif single:
+        if results[0].pred is not None:
+            _print_breakdown(results[0].pred, args)
+    else:
+        _print_sweep(results)
+    failed = sum(r.error is not None for r in results)
+    if not failed:
         return 0
+    return 2 if failed == len(results) else 1
+
+
+def _answer_doc(args: argparse.Namespace, r: _Priced, with_graph: bool = True) -> dict:
+    """The service's document for an answer (its batch slot's error document for a failure),
+    with the graph's path in front when several answers are printed."""
+    head = {"graph": r.graph} if with_graph else {}
+    if r.error is not None:
+        return {
+            **head,
+            "soc": r.soc,
+            "runtime": r.runtime,
+            "error": r.error.kind,
+            "detail": _cli_message(r.error),
+        }
+    doc = {**head, **r.pred.to_dict(layers=not args.no_layers)}
+    if args.group_by == "kernel" and not args.no_layers:
+        doc["groups"] = [
+            {**g, "ms": round(g["ms"], 4), "share": round(g["share"], 6)}
+            for g in kernel_groups(r.pred.layers)
+        ]
+    return doc
+
+
+def _print_csv(results: Sequence[_Priced]) -> None:
+    import csv
+
+    w = csv.writer(sys.stdout, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in results:
+        if r.error is not None:
+            row = [r.graph, r.soc, r.runtime, "", "", "", "", "", "", "", r.error.kind]
+            w.writerow([*row, _cli_message(r.error)])
+            continue
+        p = r.pred
+        w.writerow(
+            [
+                r.graph,
+                p.soc,
+                p.runtime,
+                f"{p.total_ms:.4f}",
+                f"{p.interval_ms[0]:.4f}",
+                f"{p.interval_ms[1]:.4f}",
+                f"{p.kernel_sum_ms:.4f}",
+                p.provenance,
+                p.model_version,
+                sum(u.count for u in p.unsupported),
+                "",
+                "",
+            ]
+        )
+
+
+def kernel_groups(layers: Sequence[Any]) -> list[dict]:
+    """Breakdown lines summed by kernel kind (conv, dwconv, fc, ..., standalone, graph), the
+    most expensive first."""
+    groups: dict[str, dict] = {}
+    for lt in layers:
+        kind = lt.kernel.split("+", 1)[0]
+        g = groups.setdefault(
+            kind, {"kernel": kind, "count": 0, "ms": 0.0, "share": 0.0, "flops": 0, "ops": []}
+        )
+        g["count"] += 1
+        g["ms"] += lt.ms
+        g["share"] += lt.share
+        g["flops"] += lt.flops
+        if lt.op not in g["ops"]:
+            g["ops"].append(lt.op)
+    return sorted(groups.values(), key=lambda g: -g["ms"])
+
+
+def _dims(shapes: Sequence[Any]) -> str:
+    return ",".join("?" if s is None else "x".join(str(d) for d in s) for s in shapes) or "-"
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def _print_breakdown(pred: Any, args: argparse.Namespace) -> None:
+    """One graph on one SoC: the total, then the most expensive lines (or kernel kinds)."""
     lo, hi = pred.interval_ms
     print(f"{pred.soc} / {pred.runtime} ({pred.provenance}, {pred.model_version})")
     print(f"end-to-end: {pred.total_ms:.2f} ms  (interval {lo:.2f} - {hi:.2f} ms)")
-    if not args.no_layers:
+    if not args.no_layers and args.group_by == "kernel":
+        groups = kernel_groups(pred.layers)[: args.top]
+        print(f"top {len(groups)} kernel kinds:")
+        print(f"  {'ms':>9}  {'share':>6}  {'count':>5}  {'FLOPs':>7}  {'kernel':<12} ops")
+        for g in groups:
+            print(
+                f"  {g['ms']:9.3f}  {100 * g['share']:5.1f}%  {g['count']:5d}  "
+                f"{_si(g['flops']):>7}  {g['kernel']:<12} {', '.join(g['ops'])}"
+            )
+    elif not args.no_layers:
         top = sorted(pred.layers, key=lambda lt: -lt.ms)[: args.top]
         print(f"top {len(top)} of {len(pred.layers)} kernels:")
+        print(
+            f"  {'ms':>9}  {'share':>6}  {'priced':<8}  {'kernel':<20} {'op':<16} "
+            f"{'in -> out':<32} {'FLOPs':>7}  nodes"
+        )
         for lt in top:
-            print(f"  {lt.ms:9.3f} ms  {lt.kernel:<24} {lt.name}")
+            io = f"{_dims(lt.input_shapes)} -> {_dims(lt.output_shapes)}" if lt.layers else ""
+            nodes = ", ".join(lt.layers) if lt.layers else lt.name
+            flops = _si(lt.flops) if lt.layers else ""
+            print(
+                f"  {lt.ms:9.3f}  {100 * lt.share:5.1f}%  {lt.priced:<8}  {lt.kernel:<20} "
+                f"{lt.op:<16} {io:<32} {flops:>7}  {nodes}"
+            )
     for u in pred.unsupported:
         print(f"unsupported: {u.op} x{u.count} (not included in the total)")
     for note in pred.notes:
         print(f"note: {note}")
-    return 0
+
+
+def _print_sweep(results: Sequence[_Priced]) -> None:
+    """Several answers: one row per graph, one column per SoC (ms; the interval below)."""
+    socs = list(dict.fromkeys(r.soc for r in results))
+    graphs = list(dict.fromkeys(r.graph for r in results))
+    cell = {(r.graph, r.soc): r for r in results}
+    width = max(19, *(len(s) for s in socs))
+    names = {g: Path(g).name for g in graphs}
+    if len(set(names.values())) < len(names):  # two folders with the same file name
+        names = {g: g for g in graphs}
+    name_w = min(max(len(n) for n in names.values()), 60)
+    print(f"{'graph':<{name_w}}  " + "  ".join(f"{s:>{width}}" for s in socs))
+    for g in graphs:
+        cells = []
+        for s in socs:
+            r = cell[(g, s)]
+            if r.error is not None:
+                cells.append(f"{'error (stderr)':>{width}}")
+            else:
+                lo, hi = r.pred.interval_ms
+                text = f"{r.pred.total_ms:.2f} ({lo:.1f}-{hi:.1f})"
+                cells.append(f"{text:>{width}}")
+        shown = names[g] if len(names[g]) <= name_w else "..." + names[g][-(name_w - 3) :]
+        print(f"{shown:<{name_w}}  " + "  ".join(cells))
+    print("ms on each SoC (interval); models:")
+    for s in socs:
+        ok = [r for r in results if r.soc == s and r.pred is not None]
+        if ok:
+            p = ok[0].pred
+            print(f"  {s}: {p.runtime}, {p.provenance} {p.model_version}")
+
+
+def chrome_trace(results: Sequence[_Priced], graphs: Sequence[Any] = ()) -> dict:
+    """The breakdowns as a Chrome trace (chrome://tracing, Perfetto): one process per (graph,
+    SoC), its lines laid end to end in graph order as complete ("X") events, microseconds."""
+    events: list[dict] = []
+    pid = 0
+    for r in results:
+        if r.pred is None:
+            continue
+        pid += 1
+        p = r.pred
+        label = f"{Path(r.graph).name} on {p.soc} ({p.runtime}): {p.total_ms:.3f} ms"
+        events += [
+            {"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": label}},
+            {
+                "name": "process_sort_index",
+                "ph": "M",
+                "pid": pid,
+                "tid": 0,
+                "args": {"sort_index": pid},
+            },
+            {"name": "thread_name", "ph": "M", "pid": pid, "tid": 1, "args": {"name": "kernels"}},
+        ]
+        graph = graphs[r.graph_index] if r.graph_index < len(graphs) else None
+        order = {la.name: i for i, la in enumerate(graph.layers)} if graph is not None else {}
+        lines = sorted(
+            enumerate(p.layers),
+            key=lambda e: (order.get(e[1].layers[0], len(order)) if e[1].layers else 1 << 60, e[0]),
+        )
+        ts = 0.0
+        for _, lt in lines:
+            dur = max(lt.ms, 0.0) * 1000.0
+            events.append(
+                {
+                    "name": lt.name,
+                    "cat": lt.priced,
+                    "ph": "X",
+                    "ts": round(ts, 3),
+                    "dur": round(dur, 3),
+                    "pid": pid,
+                    "tid": 1,
+                    "args": {
+                        "op": lt.op,
+                        "kernel": lt.kernel,
+                        "nodes": list(lt.layers),
+                        "input_shapes": [None if s is None else list(s) for s in lt.input_shapes],
+                        "output_shapes": [None if s is None else list(s) for s in lt.output_shapes],
+                        "flops": lt.flops,
+                        "ms": round(lt.ms, 6),
+                        "share": round(lt.share, 6),
+                        "priced": lt.priced,
+                    },
+                }
+            )
+            ts += dur
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _cli_message(exc: LetiError) -> str:
+    """An error's message in the command line's own syntax: the front end words its hints for
+    Python callers (`input_shapes={'x': [...]}`); here they read `--input-shape x=...`."""
+    import re
+
+    text = exc.message
+    text = re.sub(
+        r"pass input_shapes=\{(['\"])(.*?)\1: \[\.\.\.\]\}",
+        r"pass --input-shape \2=1,3,224,224 (its concrete dims)",
+        text,
+    )
+    text = re.sub(r"input_shapes\[(['\"])(.*?)\1\]", r"--input-shape \2", text)
+    text = re.sub(r", or input_shape=\{.*?\} over HTTP", "", text)
+    return text.replace("input_shapes names", "--input-shape names")
 
 
 def _evaluate_transfer(args: argparse.Namespace) -> int:
     """`leti evaluate --transfer`: writes benchmarks/transfer.{md,json} unless `--out` names
     another file than accuracy.md."""
+    from leti.evaluate.accuracy import measured_pairs
     from leti.evaluate.reports import write_transfer_report
     from leti.evaluate.transfer import DEFAULT_OUT
     from leti.evaluate.transfer import run as run_transfer_evaluation
 
     out = Path(args.out) if args.out and Path(args.out).name != "accuracy.md" else DEFAULT_OUT
-    report, _, _ = run_transfer_evaluation(args.measurements_dir)
-    write_transfer_report(report, out)
+    if not any(rt == "tflite-gpu" for _, rt in measured_pairs(args.measurements_dir)):
+        raise _nothing_imported(args.measurements_dir, "tflite-gpu")
+    with _bar(args, total=2, unit="step") as steps:
+        steps.set_description("leave-one-SoC-out evaluation")
+        report, _, _ = run_transfer_evaluation(args.measurements_dir)
+        steps.update()
+        steps.set_description("writing the report")
+        write_transfer_report(report, out)
+        steps.update()
     for key, value in report.headline().items():
         print(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}")
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
+
+
+def _nothing_imported(measurements_dir: Path | None, runtime: str | None = None) -> LetiError:
+    """No end-to-end measurements to work from: say what to import (nothing is written)."""
+    from leti.core.store import measurements_dir as resolve
+
+    which = f" of {runtime}" if runtime else ""
+    return LetiError(
+        f"no end-to-end measurements{which} in {resolve(measurements_dir)}: import the public "
+        "data first, `leti import mobile-ml-benchmark ../shared/data/mobile-ml-benchmark` "
+        "(or point --measurements-dir / LETI_MEASUREMENTS_DIR at an imported copy); "
+        "nothing was written"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -184,9 +611,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pairs = measured_pairs(args.measurements_dir)
     if args.runtime:
         pairs = [p for p in pairs if p[1] == args.runtime]
-    if not pairs:
-        which = f" for {args.runtime}" if args.runtime else ""
-        raise LetiError(f"no end-to-end measurements{which}: run `leti import` first")
+    if not pairs:  # before anything is evaluated or written
+        raise _nothing_imported(args.measurements_dir, args.runtime)
     skip = set(args.skip or ())
     methods = available_methods()
     if "previous" in skip:
@@ -206,6 +632,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     done = {}
+    bar = _bar(args, total=len(tasks), desc="evaluating", unit="pair")
     # the longest evaluations first, so that the workers finish together
     for r in evaluate_many(sorted(tasks, key=lambda t: -len(t.protocols)), jobs):
         cells = "  ".join(
@@ -218,25 +645,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for p in r.results
             if p != "grouped-cv"
         )
-        print(
+        bar.write(
             f"{r.soc:>14} {r.runtime:<15} {cells}  FLOPs ±10% "
             f"{100 * r.scores['flops']['acc10']:5.1f}%{extra}  ({r.elapsed_s:.0f} s)",
             file=sys.stderr,
         )
+        bar.update()
         done[(r.soc, r.runtime)] = r
+    bar.close()
     results = [done[p] for p in pairs]
     family = []
     if "nb201" not in skip:
         tflite = [soc for soc, runtime in pairs if runtime == "tflite-gpu"]
+        bar = _bar(args, total=len(tflite), desc="NB201 family", unit="SoC")
         for fc in shipped_consistency(tflite, args.models_dir, args.nb201_archs, args.seed):
             s = fc.scores()
             g = s["graph_term_ms"]
-            print(
+            bar.write(
                 f"{fc.soc:>14} NB201 x{len(fc.archs)}: tau(total, kernel sum) {fc.tau:.3f}, "
                 f"graph term {g['min']:.2f}-{g['max']:.2f} ms ({fc.graph_stage})",
                 file=sys.stderr,
             )
+            bar.update()
             family.append(fc)
+        bar.close()
     skipped = [
         {
             "previous": "the previous method",
@@ -537,20 +969,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", default=None)
     p.add_argument("--no-cv", action="store_true", help="skip grouped CV metrics in the manifest")
     p.add_argument("--no-transfer", action="store_true", help="do not retrain the transfer model")
+    _add_progress(p)
     _add_models_dir(p)
     _add_measurements_dir(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
-        "predict", help="predict the end-to-end latency of an ONNX graph or ncnn .param"
+        "predict",
+        help="predict the end-to-end latency of ONNX graphs or ncnn .param files on SoCs",
+        description="Price every graph on every SoC in one process (the batch path). A graph "
+        "that fails gets its error (on stderr, and as a row or line of the output) and the "
+        "others still print; the exit status is 1 if some failed, 2 if all did.",
     )
-    p.add_argument("graph", type=Path)
-    p.add_argument("--soc", required=True)
+    p.add_argument(
+        "graph",
+        nargs="+",
+        help="ONNX or .param files, folders (their .onnx and .param files) or glob patterns",
+    )
+    p.add_argument(
+        "--soc",
+        required=True,
+        help="a SoC id or alias, several separated by commas, or 'all' (every SoC a model "
+        "answers for on the runtime)",
+    )
     p.add_argument("--runtime", default=None, help="default: tflite-gpu")
-    p.add_argument("--json", action="store_true", help="print the service's JSON answer")
-    p.add_argument("--no-layers", action="store_true")
-    p.add_argument("--top", type=int, default=10)
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=None,
+        help="table (default): one graph and SoC in detail, several as a graph x SoC grid; "
+        "csv: one row per graph and SoC; jsonl: one answer document per line; json: the "
+        "answer document (a list of them for several); trace: a Chrome trace of the kernels "
+        "(chrome://tracing, Perfetto)",
+    )
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--no-layers", action="store_true", help="no per-layer breakdown")
+    p.add_argument(
+        "--top", type=_positive_int, default=10, help="lines of the table's breakdown (>= 1)"
+    )
+    p.add_argument(
+        "--group-by",
+        choices=("kernel",),
+        default=None,
+        help="sum the breakdown by kernel kind (table; json and jsonl add 'groups')",
+    )
     p.add_argument("--input-shape", type=_shape_arg, action="append", metavar="NAME=D1,D2,..")
+    _add_progress(p)
     _add_models_dir(p)
     p.set_defaults(func=cmd_predict)
 
@@ -578,6 +1042,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--jobs", type=int, default=0, help="worker processes (default: up to 2, one per core)"
     )
+    _add_progress(p)
     _add_models_dir(p)
     _add_measurements_dir(p)
     p.set_defaults(func=cmd_evaluate)
@@ -631,12 +1096,20 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a reader that went away (`| head -1`) shows up here, not at exit
+        return rc
     except LetiError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {_cli_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader closed the pipe: stop quietly, and point stdout at /dev/null so that
+        # the interpreter's own flush at exit does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as if killed by SIGPIPE
 
 
 if __name__ == "__main__":

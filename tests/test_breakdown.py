@@ -1,5 +1,6 @@
 """The readable breakdown: each line names the model's own nodes, their shapes, FLOPs and share;
-the service's JSON and its OpenAPI description carry them."""
+the service's JSON and its OpenAPI description carry them; `--group-by kernel` and the Chrome
+trace (`leti predict --format trace`) read them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 import pytest
 
+from leti.cli import main as cli_main
 from leti.core.records import LayerTime
 from leti.predict.estimator import OVERHEAD_LAYER, Estimator
 from tests.helpers import light
@@ -113,3 +115,56 @@ def test_service_answer_matches_the_openapi_layer_schema(light_dir):
         assert set(schema["required"]) <= set(line) <= set(schema["properties"])
         for shape in line["input_shapes"] + line["output_shapes"]:
             assert shape is None or all(isinstance(d, int) for d in shape)
+
+
+def test_group_by_kernel(light_dir, capsys):
+    path = str(light(light_dir, "resnet50"))
+    assert cli_main(["predict", path, "--soc", "snapdragon855", "--group-by", "kernel"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel kinds:" in out and " conv " in out and "standalone" in out
+    rc = cli_main(["predict", path, "--soc", "sd855", "--group-by", "kernel", "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out)
+    groups = {g["kernel"]: g for g in doc["groups"]}
+    assert {"conv", "fc", "graph"} <= set(groups)
+    assert sum(g["ms"] for g in groups.values()) == pytest.approx(doc["total_ms"], rel=1e-3)
+    assert groups["conv"]["count"] == sum(
+        1 for lt in doc["layers"] if lt["kernel"].split("+")[0] == "conv"
+    )
+
+
+def test_table_shows_nodes_shapes_and_shares(light_dir, capsys):
+    path = str(light(light_dir, "resnet50"))
+    assert cli_main(["predict", path, "--soc", "snapdragon855", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "end-to-end:" in out and "top 3 of" in out
+    assert "share" in out and "priced" in out and "->" in out and "%" in out
+
+
+def test_chrome_trace(light_dir, capsys):
+    paths = [str(light(light_dir, g)) for g in ("squeezenet", "resnet50")]
+    rc = cli_main(["predict", *paths, "--soc", "snapdragon855,kirin9000", "--format", "trace"])
+    assert rc == 0
+    trace = json.loads(capsys.readouterr().out)
+    events = trace["traceEvents"]
+    meta = [e for e in events if e["ph"] == "M"]
+    spans = [e for e in events if e["ph"] == "X"]
+    processes = {e["pid"] for e in meta if e["name"] == "process_name"}
+    assert len(processes) == 4  # one per (graph, SoC)
+    assert {e["pid"] for e in spans} == processes
+    for pid in processes:
+        mine = [e for e in spans if e["pid"] == pid]
+        assert mine[0]["ts"] == 0
+        for a, b in zip(mine, mine[1:], strict=False):  # laid end to end, in order
+            assert b["ts"] == pytest.approx(a["ts"] + a["dur"], abs=0.01)
+        for e in mine:
+            assert e["dur"] >= 0 and isinstance(e["tid"], int) and e["name"]
+            assert {"op", "input_shapes", "output_shapes", "flops", "ms", "priced"} <= set(
+                e["args"]
+            )
+        label = next(e for e in meta if e["pid"] == pid and e["name"] == "process_name")
+        total_ms = float(label["args"]["name"].rsplit(": ", 1)[1].split()[0])
+        assert sum(e["dur"] for e in mine) / 1000 == pytest.approx(total_ms, rel=1e-3)
+    # graph order: the first kernel of the model comes first, the graph-level rest last
+    first = [e for e in spans if e["pid"] == min(processes)]
+    assert first[0]["args"]["op"] == "Conv" and first[-1]["name"] == OVERHEAD_LAYER

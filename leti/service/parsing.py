@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable
 from typing import IO, Any, Protocol
 
@@ -109,6 +110,29 @@ def parse_input_shape(value: Any) -> dict[str, list[int]] | None:
             )
         shapes[str(name)] = list(dims)
     return shapes
+
+
+def http_message(exc: LetiError) -> str:
+    """An error's message in the HTTP API's own terms: the front end words its hints for Python
+    callers (`input_shapes={'x': [...]}`, `input_shapes['x']`) and an ncnn hint names the
+    command line too; over HTTP they name the `input_shape` field. For an error document's
+    `detail` (`leti.service.app`)."""
+    text = exc.message
+    text = re.sub(
+        r"pass input_shapes=\{(['\"])(.*?)\1: \[\.\.\.\]\}",
+        lambda m: (
+            "send the input_shape field, e.g. input_shape="
+            + json.dumps({m.group(2): [1, 3, 224, 224]})
+        ),
+        text,
+    )
+    text = re.sub(
+        r"input_shapes\[(['\"])(.*?)\1\]", lambda m: f"input_shape[{json.dumps(m.group(2))}]", text
+    )
+    text = re.sub(
+        r"`leti predict --input-shape [^`]*`, or (input_shape=\{.*?\}) over HTTP", r"\1", text
+    )
+    return text.replace("input_shapes names", "input_shape names")
 
 
 def require_type(allowed: Iterable[str]) -> str:
