@@ -55,6 +55,10 @@ __all__ = [
 
 GraphLike = str | os.PathLike[str] | bytes | bytearray | onnx.ModelProto
 _RETRY_STATUS = frozenset({502, 503, 504})
+# What the client reads of a graph it strips: a protobuf's own ceiling (2 GiB), not the front
+# end's LETI_MAX_GRAPH_MB, which is about what a server parses. The weights are dropped here,
+# so the upload is small whatever the file's size; the server checks that size.
+_READ_LIMIT = (2 << 30) - 1
 
 
 def _error_class(status: int, error: str) -> type[ClientError]:
@@ -93,7 +97,7 @@ def graph_bytes(graph: GraphLike, strip: bool = True) -> bytes:
         if not strip or is_param(bytes(graph)):
             return bytes(graph)
         try:
-            model = load_model(bytes(graph))
+            model = load_model(bytes(graph), max_bytes=_READ_LIMIT)
         except Exception:
             return bytes(graph)
         return _strip(model).SerializeToString()
@@ -104,7 +108,8 @@ def graph_bytes(graph: GraphLike, strip: bool = True) -> bytes:
         head = fh.read(16)
     if is_param(head):
         return path.read_bytes()
-    return _strip(load_model(path)).SerializeToString()
+    # weights first, size after: a 300 MB model is a few kB once stripped
+    return _strip(load_model(path, max_bytes=_READ_LIMIT)).SerializeToString()
 
 
 def _suffix(blob: bytes) -> str:

@@ -7,15 +7,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from leti.cli import CSV_COLUMNS
 from leti.cli import main as cli_main
@@ -314,3 +316,23 @@ def test_evaluate_without_measurements_says_what_to_import(tmp_path, capsys):
     assert not out.parent.exists()  # nothing written
     assert cli_main(["fit", "--measurements-dir", str(empty), "--models-dir", str(tmp_path)]) == 2
     assert "leti import mobile-ml-benchmark" in capsys.readouterr().err
+
+
+def test_client_strips_weights_before_any_size_check(tmp_path, monkeypatch):
+    """A model over LETI_MAX_GRAPH_MB because of its weights uploads as its small graph."""
+    from leti.client import graph_bytes
+
+    w = numpy_helper.from_array(np.zeros((256, 256, 3, 3), np.float32), "w")  # 2.4 MB
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256, 14, 14])
+    node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [w]))
+    path = tmp_path / "big.onnx"
+    onnx.save(model, path)
+    assert os.path.getsize(path) > 2_000_000
+    monkeypatch.setenv("LETI_MAX_GRAPH_MB", "1")
+    for source in (path, path.read_bytes()):
+        blob = graph_bytes(source)
+        assert len(blob) < 10_000
+        stripped = onnx.load_model_from_string(blob)
+        assert list(stripped.graph.initializer[0].dims) == [256, 256, 3, 3]
