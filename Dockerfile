@@ -4,16 +4,17 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    LETI_MODELS_DIR=/app/models
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The package and its CPU-only dependencies (on Linux the dependency is xgboost-cpu: no CUDA).
-COPY pyproject.toml README.md /tmp/src/
+# The package, the trained models inside it (setup.py maps models/ into the wheel) and its
+# CPU-only dependencies (on Linux the dependency is xgboost-cpu: no CUDA). To serve other
+# models, mount them and set LETI_MODELS_DIR.
+COPY pyproject.toml setup.py README.md /tmp/src/
 COPY leti /tmp/src/leti
+COPY models /tmp/src/models
 RUN pip install /tmp/src && rm -rf /tmp/src
 
 WORKDIR /app
-COPY models /app/models
 
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin leti
 USER leti

@@ -2,20 +2,29 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What serving needs (the package and its dependencies), and that plus the dev extras (test
+# and lint tools). Both are editable installs: the bundled models are read from models/.
+STAMP := $(VENV)/.installed-serve
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: serve test lint format import evaluate bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): pyproject.toml setup.py | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP) $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/leti serve --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/ruff check leti tests benchmarks
 	$(BIN)/ruff format --check leti tests benchmarks
 	$(BIN)/lint-imports
@@ -33,11 +42,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/service_bench.py
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check leti tests benchmarks
 	$(BIN)/lint-imports
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format leti tests benchmarks
 	$(BIN)/ruff check --fix leti tests benchmarks
 

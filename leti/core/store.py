@@ -16,19 +16,28 @@ from typing import Any
 
 from leti.core import settings
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE = Path(__file__).resolve().parents[1]
+_REPO_ROOT = _PACKAGE.parent
+#: Where a built package carries the trained models: setup.py maps the repository's `models/`
+#: there (package data). A checkout or an editable install has no such folder.
+SHIPPED_MODELS = "_bundled_models"
 
 
 def bundled_models_dir() -> Path:
-    """The `models/` folder shipped next to the package (the committed, trained models)."""
-    return _REPO_ROOT / "models"
+    """The committed, trained models: inside the package when it was installed from a wheel
+    (`leti/_bundled_models`), else `models/` at the root of the checkout (an editable install,
+    or running from the source tree), which `leti fit` refits in place."""
+    shipped = _PACKAGE / SHIPPED_MODELS
+    return shipped if shipped.is_dir() else _REPO_ROOT / "models"
 
 
 def models_dir(arg: str | os.PathLike[str] | None = None) -> Path:
-    """`--models-dir`, else $LETI_MODELS_DIR, else the bundled `models/` next to the package."""
+    """`--models-dir`, else $LETI_MODELS_DIR, else the bundled models (`bundled_models_dir`),
+    else `./models`."""
     if arg:
         return Path(arg)
-    return settings.models_dir(_bundled_or_relative("models"))
+    bundled = bundled_models_dir()
+    return settings.models_dir(bundled if bundled.is_dir() else Path("models"))
 
 
 def measurements_dir(arg: str | os.PathLike[str] | None = None) -> Path:
