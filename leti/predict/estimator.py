@@ -339,6 +339,11 @@ class _Nodes:
             covered = [layer]
         if not covered:
             return tuple(names), (), (), int(flops)
+        if len(covered) == 1:  # most lines: no tensor produced inside the line
+            la = covered[0]
+            pairs = zip(la.inputs, la.input_shapes, strict=False)
+            ins = tuple({t: shape for t, shape in pairs if t and t not in self.const}.values())
+            return (la.name,), ins, la.output_shapes, la.flops
         produced = {t for la in covered for t in la.outputs}
         seen: set[str] = set()
         inputs = []
