@@ -162,7 +162,9 @@ class FittedPipeline:
         return "constant" if self.corrector.constant else "trees"
 
 
-def _graph_stage_candidates(method: str, soc: str = "") -> dict[str, Callable[[], GraphCorrection]]:
+def _graph_stage_candidates(
+    method: str, soc: str = "", runtime: str = ""
+) -> dict[str, Callable[[], GraphCorrection]]:
     if method == "previous":
         # Out-of-fold residuals choose between trees and a constant ratio (where the kernel
         # sum already tracks end-to-end time, e.g. PyTorch Vulkan which times every op).
@@ -172,15 +174,19 @@ def _graph_stage_candidates(method: str, soc: str = "") -> dict[str, Callable[[]
         }
     hw = socs.resolve(soc)
     # Simplest first: a term is kept only where it earns its place out of fold (see
-    # `SIMPLER_WITHIN`). The per-kernel term is capped where it would make a NAS family rank by
-    # kernel count rather than by kernel time (`GraphOverhead.fit`); the free-form trees stay
-    # for data the structural stage cannot explain (A12 Metal, whose rows lack the elementwise
-    # kernels' times).
-    return {
+    # `SIMPLER_WITHIN`). The count terms are capped where they would make a NAS family rank by
+    # kernel count rather than by kernel time (`GraphOverhead.fit`). Free-form trees do not
+    # extrapolate (a graph smaller than the training ones gets the smallest one's ratio, not its
+    # per-inference cost), so they are a candidate only where the runtime's kernel rows leave
+    # kernels out (`kernel_rows: partial`: PyTorch Metal lacks the elementwise kernels' times),
+    # which the structural stage cannot explain.
+    out: dict[str, Callable[[], GraphCorrection]] = {
         "structural": lambda: GraphOverhead.for_hardware(hw, per_kernel=False),
         "structural+launches": lambda: GraphOverhead.for_hardware(hw, per_kernel=True),
-        "trees": lambda: GraphCorrector(constant=False),
     }
+    if socs.runtimes().get(runtime, {}).get("kernel_rows") == "partial":
+        out["trees"] = lambda: GraphCorrector(constant=False)
+    return out
 
 
 #: A graph stage is chosen over a simpler one only when its out-of-fold mean absolute log
@@ -240,7 +246,7 @@ def fit_pipeline(
     x, y = corrector_data(ts, oof, train_models)
     kernels = fit_kernels(ts, exclude=held_out, method=method)
     family = family_rows(kernels, ts.runtime) if method != "previous" else None
-    makers = _graph_stage_candidates(method, ts.soc)
+    makers = _graph_stage_candidates(method, ts.soc, ts.runtime)
     candidates = {name: np.empty(len(train_models)) for name in makers}
     index = {m: i for i, m in enumerate(train_models)}
     for fold in group_folds(train_models, min(N_SPLITS, len(train_models)), seed + 1):
