@@ -36,6 +36,8 @@ class Soc:
     dram_gbps: float
     aliases: tuple[str, ...]
     phones: dict[str, tuple[str, ...]]  # runtime -> data column prefixes measured on this SoC
+    #: Whether the GPU transfer model may answer for it (False for a CPU such as `host`).
+    transfer: bool = True
 
     @property
     def measured_runtimes(self) -> tuple[str, ...]:
@@ -65,6 +67,7 @@ def _soc(sid: str, d: dict) -> Soc:
         dram_gbps=float(d["dram_gbps"]),
         aliases=tuple(d["aliases"]),
         phones={rt: tuple(p) for rt, p in d["phones"].items()},
+        transfer=bool(d.get("transfer", True)),
     )
 
 

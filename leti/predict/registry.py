@@ -94,7 +94,7 @@ def base_total(runtime: str) -> Total:
 
 def is_transfer_target(soc: socs.Soc, runtime: str) -> bool:
     """Transfer serves (SoC, runtime) pairs with per-kernel data elsewhere but none here."""
-    return runtime in TRANSFER_RUNTIMES and runtime not in soc.phones
+    return soc.transfer and runtime in TRANSFER_RUNTIMES and runtime not in soc.phones
 
 
 def model_folder(models_dir: Path, soc: str, runtime: str) -> Path:
