@@ -28,6 +28,7 @@ import numpy as np
 from leti.core import socs
 from leti.core.errors import LetiError, ModelNotFoundError
 from leti.core.store import atomic_write_json, sha256_file
+from leti.frontend.graph import parse_graph
 from leti.measurements import ncnn_benchmark as bench
 from leti.models.calibration import LOG_AFFINE
 from leti.predict.estimator import Estimator, uncalibrated_base
@@ -113,11 +114,20 @@ def ship_calibrations(data_dir: Path, models_dir: Path) -> list[dict]:
     docs = []
     for soc, target in linked_targets(data_dir):
         timings = target_timings(target)
+        bad = []
+        for row in timings.rows:  # every graph must read before anything is written
+            try:
+                parse_graph(row.path, row.input_shapes)
+            except LetiError as exc:
+                bad.append(f"{row.graph}: {exc}")
+        if bad:
+            raise LetiError(f"{soc.id}: benchmark graphs unusable:\n" + "\n".join(bad))
         doc = calibrate_timings(
             soc, RUNTIME, timings, Path(models_dir), _source(target, data_hash, soc)
         )
-        if any(r.reason != MOSTLY_ANALYTIC_REASON for r in timings.rejected):
-            raise LetiError(f"{soc.id}: benchmark graphs unusable:\n{timings.report()}")
+        unexpected = [r for r in timings.rejected if r.reason != MOSTLY_ANALYTIC_REASON]
+        if unexpected:  # cannot happen after the check above; say so loudly if it does
+            raise LetiError(f"{soc.id}: rows rejected:\n{timings.report()}")
         docs.append(doc)
     for sid, entry in socs.gpu_borrow().items():
         docs.append(borrow_calibration(socs.resolve(sid), entry, data_dir, models_dir, data_hash))
