@@ -217,6 +217,8 @@ def test_symbolic_input_is_422_naming_the_input(client, target):
     doc = r.get_json()
     assert doc["error"] == "symbolic_input_shape" and doc["input"] == "pixels"
     assert "pixels" in doc["detail"]
+    # the hint speaks HTTP (the input_shape field), not Python's input_shapes={...}
+    assert "input_shape" in doc["detail"] and "input_shapes=" not in doc["detail"]
     shape = json.dumps({"pixels": [1, 3, 64, 64]})
     r = client.post("/predict" + q(target, input_shape=shape), data=body, headers=OCTET)
     assert r.status_code == 200, r.get_json()

@@ -41,6 +41,7 @@ from leti.service.parsing import (
     MULTIPART,
     RAW_TYPES,
     batch_inputs,
+    http_message,
     param,
     parse_bool,
     parse_input_shape,
@@ -181,7 +182,7 @@ def state() -> ServiceState:
 
 
 def _error_doc(exc: LetiError) -> dict[str, Any]:
-    doc: dict[str, Any] = {"error": exc.kind, "detail": exc.message}
+    doc: dict[str, Any] = {"error": exc.kind, "detail": http_message(exc)}
     if isinstance(exc, UnknownSocError):
         doc["known"] = sorted(socs.all_socs())
     elif isinstance(exc, UnknownRuntimeError):
