@@ -897,59 +897,166 @@ def _models_root(arg: Path | None) -> Path:
 
 
 def add_measure_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--soc", required=True, help="SoC id or alias of the phone")
-    p.add_argument("--graph", type=Path, required=True, help="the model's ONNX graph")
-    p.add_argument("--tflite", type=Path, default=None, help="the same model as .tflite")
-    p.add_argument("--serial", default=None, help="adb serial (default: the only device)")
-    # default: leti.measurements.collect.DEFAULT_BENCHMARK_BINARY (/data/local/tmp/...)
-    p.add_argument("--benchmark-binary", default=None)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the benchmark")
-    p.add_argument("--source-name", default=None, help="folder name (default: measure-<soc>)")
-    p.add_argument("--measurements-dir", type=Path, default=None, help="default: measurements/")
-    p.add_argument("--from-log", type=Path, default=None, help="parse a captured log instead")
+    from leti.measurements.tools import TOOLS
+
+    p.description = (
+        "Time graphs with a device tool and store the rows (per-kernel where the tool gives "
+        "them, end-to-end always) under <measurements-dir>/<source-name>. A campaign (--graphs) "
+        "skips graphs already measured (unless --force), records each failure with its reason "
+        "in measure.json and goes on. See the README, 'Measuring on devices'."
+    )
+    p.add_argument("--soc", required=True, help="SoC id or alias of the device")
+    p.add_argument(
+        "--runtime",
+        default=None,
+        help="default: the tool's ("
+        + ", ".join(f"{t.name}: {t.runtime}" for t in TOOLS.values())
+        + ")",
+    )
+    p.add_argument("--tool", required=True, choices=list(TOOLS), help="what times the model")
+    graphs = p.add_mutually_exclusive_group(required=True)
+    graphs.add_argument("--graph", type=Path, help="one graph (ONNX, or a .param for benchncnn)")
+    graphs.add_argument(
+        "--graphs",
+        nargs="+",
+        metavar="DIR|GLOB",
+        help="a campaign: folders (their graphs) and quoted glob patterns",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--adb", nargs="?", const=True, default=None, metavar="SERIAL", help="an Android device"
+    )
+    where.add_argument("--ssh", metavar="HOST", help="a Linux board (user@host, key login)")
+    where.add_argument("--local", action="store_true", help="this machine")
+    where.add_argument(
+        "--from-log", type=Path, metavar="LOG", help="a saved run (a folder of <model>.log)"
+    )
+    p.add_argument(
+        "--model-file",
+        "--tflite",
+        type=Path,
+        default=None,
+        help="the file the device runs for --graph (default: beside the graph, e.g. net.tflite)",
+    )
+    p.add_argument("--binary", default=None, help="the tool on the device (default: its name)")
+    p.add_argument("--runs", type=int, default=None, help="timed runs (default 50; onnxruntime 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs (default 10; ort 2)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (benchncnn, onnxruntime)")
+    p.add_argument(
+        "--profile-runs", type=int, default=3, help="onnxruntime: profiled runs (default 3)"
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds per run of the tool")
+    p.add_argument("--force", action="store_true", help="measure graphs already measured again")
+    p.add_argument(
+        "--clocks-pinned",
+        action="store_true",
+        help="say in the rows that you pinned the device's clocks (leti does not pin them)",
+    )
+    p.add_argument(
+        "--source-name", default=None, help="folder name (default measure-<soc>-<runtime>-<tool>)"
+    )
+    p.add_argument("--json", action="store_true", help="print the machine-readable summary")
+    _add_measurements_dir(p)
+    _add_models_dir(p)
+    _add_progress(p)
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
+    """`leti measure`: one graph or a campaign; exit 0 when every graph was measured (or
+    skipped), 1 when some failed or were rejected, 2 when none was measured."""
     from leti.measurements import collect
+    from leti.measurements.tools import RunOptions
 
-    job = collect.prepare_measurement(
+    graphs = collect.find_graphs(args.graphs, args.tool) if args.graphs else [args.graph]
+    ort = args.tool == "onnxruntime"
+    options = RunOptions(
+        runs=args.runs if args.runs is not None else (10 if ort else 50),
+        warmup=args.warmup if args.warmup is not None else (2 if ort else 10),
+        threads=args.threads,
+        profile_runs=args.profile_runs,
+        binary=args.binary,
+    )
+    transport = None
+    if args.from_log is None:
+        transport = collect.make_transport(args.adb, args.ssh, args.local)
+    campaign = collect.prepare_campaign(
         args.soc,
-        args.graph,
-        tflite=args.tflite,
-        source_name=args.source_name,
+        args.tool,
+        graphs,
+        runtime=args.runtime,
+        transport=transport,
+        from_log=args.from_log,
         measurements_dir=args.measurements_dir,
-        runs=args.runs,
-        warmup=args.warmup,
+        models_dir=args.models_dir,
+        source_name=args.source_name,
+        options=options,
+        force=args.force,
+        timeout=args.timeout,
+        clocks_pinned=args.clocks_pinned,
+        model_file=args.model_file,
     )
-    if args.from_log is not None:
-        run = collect.read_log(args.from_log, serial=args.serial)
+    results = []
+    bar = _bar(args, total=len(campaign.graphs), desc=f"measuring ({args.tool})", unit="graph")
+    for r in collect.run_campaign(campaign):
+        results.append(r)
+        bar.set_postfix_str(f"{r.model}: {r.status}")
+        if not args.json:
+            bar.write(_measure_lines(r, getattr(args, "verbose", False)), file=sys.stdout)
+        bar.update()
+    bar.close()
+    doc = collect.summary(campaign, results)
+    if args.json:
+        if args.graph is not None and len(results) == 1:
+            one = {k: doc[k] for k in ("soc", "runtime", "tool", "out_dir")}
+            print(json.dumps({**one, **doc["graphs"][0]}, indent=2))
+        else:
+            print(json.dumps(doc, indent=2))
     else:
-        run = collect.run_on_device(
-            job, serial=args.serial, benchmark_binary=args.benchmark_binary, timeout=args.timeout
+        tot = doc["totals"]
+        print(
+            f"{tot['measured']} measured, {tot['skipped']} skipped (already measured), "
+            f"{tot['rejected']} rejected, {tot['failed']} failed: {tot['rows']['kernel']} kernel "
+            f"and {tot['rows']['e2e']} end-to-end rows into {campaign.out_dir}"
         )
-        print(f"raw log: {run.log_path} (re-parse with --from-log)")
-    _print_measure_report(collect.ingest(job, run), collect.NO_KERNELS)
-    return 0
+        spread = doc["repeat_spread"]
+        if spread["median"] is not None:
+            print(
+                f"repeat-to-repeat spread (std / median per graph): median "
+                f"{100 * spread['median']:.1f}%, max {100 * spread['max']:.1f}% over "
+                f"{spread['graphs']} graphs"
+            )
+        if tot["failed"] or tot["rejected"]:
+            print(f"reasons recorded in {campaign.out_dir / collect.CAMPAIGN_FILE}")
+    bad = sum(r.status in ("failed", "rejected") for r in results)
+    ok = sum(r.status in ("measured", "skipped") for r in results)
+    return 0 if not bad else (1 if ok else 2)
 
 
-def _print_measure_report(r, no_kernels: str) -> None:
-    """`r`: a `leti.measurements.collect.MeasureReport`."""
+def _measure_lines(r: Any, verbose: bool = False) -> str:
+    """`r`: a `leti.measurements.collect.GraphResult`."""
+    if r.status == "skipped":
+        return f"{r.model}: skipped, {r.reason}"
+    if r.status == "failed":
+        return f"{r.model}: FAILED: {r.reason}"
     std = f" ± {r.std_ms:.3f}" if r.std_ms is not None else ""
-    print(f"{r.model} on {r.soc} ({r.runtime}): end-to-end {r.e2e_ms:.3f}{std} ms")
-    if not r.gpu_kernels:
-        print(no_kernels)
-    print(
-        f"kernels: {r.kernels_added} written, {r.kernels_kept} already present (kept), "
-        f"{r.kernels_rejected} rejected"
-    )
-    for reason, n in sorted(r.rejected.items()):
-        print(f"  rejected {reason}: {n}")
-    for note in r.notes[:20]:
-        print(f"  note: {note}")
-    print(f"end-to-end: {r.e2e_added} written, {r.e2e_kept} already present (kept)")
-    print(f"into {r.out_dir}")
+    head = f"{r.model}: {r.status}, end-to-end {r.e2e_ms:.3f}{std} ms" if r.e2e_ms else r.model
+    if r.device:
+        head += f" on {r.device}"
+    lines = [head]
+    if r.status == "rejected":
+        lines.append(f"  rejected: {r.reason}")
+    else:
+        lines[0] += f"; {r.kernel_rows} kernel row(s), {r.e2e_rows} end-to-end row"
+    for rej in r.rejected:
+        if rej.get("rows"):
+            lines.append(f"  kernel rows rejected, {rej['reason']}: {rej['rows']}")
+    if r.fusion_disagreements:
+        lines.append(f"  {len(r.fusion_disagreements)} fusion disagreement(s) with leti's rules")
+    for note in r.notes if verbose else r.notes[:5]:
+        lines.append(f"  note: {note}")
+    if not verbose and len(r.notes) > 5:
+        lines.append(f"  ({len(r.notes) - 5} more notes: -v, or --json)")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:

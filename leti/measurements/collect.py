@@ -1,30 +1,44 @@
-"""`leti measure`: time a model on a phone with TFLite's `benchmark_model` and store the rows.
+"""`leti measure`: run a tool on a device over many graphs and store its rows.
 
-One `benchmark_model --use_gpu=true --enable_op_profiling=true` run gives the end-to-end latency
-(`Inference (avg)`) and, when the GPU delegate reports its kernels ("Delegate internal" rows
-named like `convolution_2d_5_linked_:_add_6_linked_:_relu_7`), one latency per GPU kernel.
-Those are paired with the ONNX graph's `tflite-gpu` plan in order within each kernel family
-(geometry from the plan, `fused` from the GPU name), validated like imported rows, and merged
-atomically into `<measurements>/<source-name>/`: existing rows are never dropped, and a key
-(soc, runtime, model, source_row) already present keeps its old row. `--from-log` parses a
-captured log instead of using a device. Op profiling syncs per kernel: e2e may read high.
+A campaign measures graphs (`--graph G` or `--graphs DIR|GLOB`) on one SoC and runtime with one
+tool (`leti.measurements.tools`), reached through one transport (`leti.measurements.transports`)
+or read back from saved logs (`--from-log`). For each graph:
 
-The steps, which `leti measure` (in `leti.cli`) strings together and reports:
+1. the file the device runs is found (`net.onnx` -> `net.tflite` beside it; `net.param` for
+   benchncnn; for onnxruntime a temporary copy of the ONNX graph with weights materialised);
+2. it is copied to the device, the tool runs, and its raw output is kept under
+   `<out>/logs/` (re-parse it with `--from-log`);
+3. the output is parsed; a run that is no measurement of the runtime (ops left on the CPU, no
+   GPU) is *rejected* with its reason and writes nothing;
+4. per-kernel tools are joined to leti's plan of the graph (`leti.measurements.join`); every
+   kernel row and the end-to-end row are validated like imported rows;
+5. the graph's rows replace any earlier rows of that (soc, runtime, model) in
+   `<out>/kernels.csv` and `<out>/e2e.csv`, each file replaced atomically (kernels first, the
+   end-to-end row last: a graph counts as measured once its end-to-end row is there), then the
+   manifest (`import.json`) and the campaign record (`measure.json`: every graph's status and,
+   for failures and rejections, the reason).
 
-    job = prepare_measurement("snapdragon855", "net.onnx", tflite="net.tflite")
-    run = run_on_device(job)            # or read_log(job, "captured.log")
-    report = ingest(job, run)           # a MeasureReport; the tables are written
+An interrupted campaign loses at most the graph in flight. A graph whose end-to-end row is
+already in `<out>` is skipped unless `force`; failed and rejected graphs are tried again. A
+graph's failure (a device that disappeared, a tool that crashed, an unreadable output) is
+recorded and the campaign goes on.
+
+`<out>` is `<measurements>/<source name>`, by default `measure-<soc>-<runtime>-<tool>`: one
+folder per tool, so that "already measured" means measured by that tool. Each row's `source`
+says `measure:<tool>:<where>` (`local`, `adb:SERIAL`, `ssh:HOST`, `log:FILE`) and whether the
+clocks were pinned (`--clocks-pinned`: the user says so; leti does not pin them).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
-import re
-import shlex
-import shutil
-import subprocess
+import json
+import statistics
+import tempfile
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,420 +46,521 @@ from typing import Any
 
 import pandas as pd
 
-from leti.core import store
-from leti.core.errors import DeviceError, MeasurementError  # DeviceError: importable from here
-from leti.core.records import Graph, KernelPlan
+from leti.core import socs, store
+from leti.core.errors import DeviceError, LetiError, MeasurementError
 from leti.core.store import atomic_write_bytes, atomic_write_json, atomic_write_text
 from leti.core.version import VERSION
 from leti.measurements import schema as lm
 from leti.measurements.importers import SOURCE_NAME
-from leti.measurements.schema import parse_fused
+from leti.measurements.join import OPS, Join, join_onnxruntime, join_tflite
+from leti.measurements.tools import RunOptions, Tool, ToolRun, tool
+from leti.measurements.transports import Adb, Local, Ssh, Transport
 
-RUNTIME = "tflite-gpu"
-REMOTE_DIR = "/data/local/tmp"
-DEFAULT_BENCHMARK_BINARY = f"{REMOTE_DIR}/benchmark_model"
-NO_KERNELS = "only end-to-end timing available: the delegate did not report per-kernel times"
-_OPS = {"conv": "CONV_2D", "dwconv": "DEPTHWISE_CONV_2D", "gconv": "CONV_2D_GROUP"}
-_OPS |= {"fc": "FULLY_CONNECTED", "pool_max": "MAX_POOL_2D", "pool_avg": "AVERAGE_POOL_2D"}
-_OPS |= {"pool_global": "MEAN", "concat": "CONCATENATION"}
-_GPU_NAME = re.compile(r"^[a-z][a-z0-9_]*?_\d+(?:_linked_:_[a-z][a-z0-9_]*?_\d+)*$")
-_LOG_PREFIX = re.compile(r"^(?:INFO|WARNING|ERROR|VERBOSE): ")
-_INFERENCE = re.compile(r"Inference timings in us:.*Inference \(avg\):\s*([0-9.eE+]+)")
-_COUNT = re.compile(r"^count=\d+\b.*\bavg=([0-9.eE+]+)\s+std=([0-9.eE+]+)")
-_NOT_DELEGATED = re.compile(
-    r"(failed to (?:apply|create) (?:the )?gpu delegate|will not be executed by the delegate)", re.I
-)
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+__all__ = [
+    "CAMPAIGN_FILE",
+    "Campaign",
+    "DeviceError",
+    "GraphResult",
+    "find_graphs",
+    "measure_graph",
+    "prepare_campaign",
+    "run_campaign",
+    "summary",
+]
 
-
-@dataclass(frozen=True)
-class GpuKernelTime:
-    name: str  # e.g. convolution_2d_2_linked_:_add_3_linked_:_relu_4
-    avg_ms: float
-    row: int  # 0-based position among the GPU kernel rows, in run order
+CAMPAIGN_FILE = "measure.json"
+CAMPAIGN_FORMAT = "leti-measure-campaign/1"
+GRAPH_SUFFIXES = (".onnx", ".param")
+MEASURED, SKIPPED, REJECTED, FAILED = "measured", "skipped", "rejected", "failed"
 
 
 @dataclass(frozen=True)
-class BenchmarkLog:
-    e2e_ms: float
-    std_ms: float | None
-    kernels: list[GpuKernelTime]
-    other_ops: list[str]  # profiled rows that are not GPU kernels: the delegate node, CPU ops
+class Campaign:
+    """What to measure, how, and where the rows go; `prepare_campaign` checks it up front."""
+
+    soc: str
+    runtime: str
+    tool: Tool
+    graphs: tuple[Path, ...]
+    out_dir: Path
+    source_name: str
+    transport: Transport | None  # None: read saved logs (`from_log`)
+    from_log: Path | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+    force: bool = False
+    timeout: float = 900.0
+    clocks_pinned: bool = False
+    model_file: Path | None = None  # the device's file for a single graph (else beside it)
+    soc_gpu: str = ""
 
 
-def _table_rows(lines: list[str], start: int) -> tuple[list[dict[str, str]], int]:
-    """Rows of the stats table whose `[node type] ... [Name]` header is at `lines[start]`."""
-    columns = re.findall(r"\[([^\]]+)\]", lines[start])
-    rows, i = [], start + 1
-    while i < len(lines) and lines[i].strip() and not lines[i].startswith("="):
-        cells = [c.strip() for c in lines[i].strip("\n").split("\t") if c.strip()]
-        if len(cells) != len(columns):  # tabs lost in copying: the name is the last token
-            cells = lines[i].split(None, len(columns) - 1)
-        if len(cells) == len(columns):
-            rows.append(dict(zip(columns, cells, strict=True)))
-        i += 1
-    return rows, i
+@dataclass
+class GraphResult:
+    """What happened to one graph of a campaign (the `--json` summary's per-graph document)."""
+
+    graph: str
+    model: str
+    status: str  # measured | skipped | rejected | failed
+    reason: str | None = None
+    e2e_ms: float | None = None
+    std_ms: float | None = None
+    repeats: list[float] = field(default_factory=list)
+    kernel_rows: int = 0
+    e2e_rows: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    fusion_disagreements: list[dict[str, str]] = field(default_factory=list)
+    device: str | None = None
+    log: str | None = None
+
+    @property
+    def spread(self) -> float | None:
+        """Repeat-to-repeat spread: the standard deviation over the (median) time."""
+        if self.std_ms is None or not self.e2e_ms:
+            return None
+        return self.std_ms / self.e2e_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph": self.graph,
+            "model": self.model,
+            "status": self.status,
+            "reason": self.reason,
+            "rows": {"kernel": self.kernel_rows, "e2e": self.e2e_rows},
+            "e2e_ms": self.e2e_ms,
+            "std_ms": self.std_ms,
+            "spread": self.spread,
+            "repeats": self.repeats,
+            "rejected": self.rejected,
+            "fusion_disagreements": self.fusion_disagreements,
+            "notes": self.notes,
+            "device": self.device,
+            "log": self.log,
+        }
 
 
-def _gpu_name(row: dict[str, str]) -> str | None:
-    name = re.sub(r":\d+$", "", re.sub(r"^Delegate/", "", row.get("Name", "")))
-    for candidate in (name, row.get("node type", "")):
-        if _GPU_NAME.match(candidate):
-            return candidate
-    return None
+# --------------------------------------------------------------------------------------------
+# Setting up
 
 
-def parse_benchmark_log(text: str) -> BenchmarkLog:
-    """End-to-end and per-GPU-kernel times from `benchmark_model` output (see module doc)."""
-    lines = [_LOG_PREFIX.sub("", ln.rstrip("\r")) for ln in text.splitlines()]
-    e2e = [float(m.group(1)) for ln in lines if (m := _INFERENCE.search(ln))]
-    if not e2e:
-        hint = next((ln for ln in lines if _NOT_DELEGATED.search(ln)), "")
-        raise MeasurementError(
-            "unparseable benchmark log: no 'Inference timings in us: ... Inference (avg)' line"
-            + (f" ({hint.strip()})" if hint else "")
-        )
-    if any(_NOT_DELEGATED.search(ln) for ln in lines):
-        raise MeasurementError("the GPU delegate was not applied: this is not a GPU timing")
-    stds = [float(m.group(2)) for ln in lines if (m := _COUNT.match(ln.strip()))]
-    kernels: list[GpuKernelTime] = []
-    other: list[str] = []
-    regular = next((i for i, ln in enumerate(lines) if "Regular Benchmark Runs" in ln), None)
-    i = regular if regular is not None else len(lines)
-    while i < len(lines):
-        if "Run Order" in lines[i] and i + 1 < len(lines) and "[Name]" in lines[i + 1]:
-            rows, i = _table_rows(lines, i + 1)
-            for row in rows:
-                name = _gpu_name(row)
-                if name is None or row.get("node type", "").isupper():
-                    other.append(row.get("node type", "?"))
-                    continue
-                try:
-                    ms = float(row["avg ms"])
-                except (KeyError, ValueError):
-                    raise MeasurementError(f"unparseable profiling row for {name}: {row}") from None
-                kernels.append(GpuKernelTime(name, ms, len(kernels)))
-            continue
-        i += 1
-    if not kernels and other and not any("delegate" in op.lower() for op in other):
-        raise MeasurementError(f"the GPU delegate was not applied: CPU ops {sorted(set(other))}")
-    return BenchmarkLog(e2e[-1] / 1000.0, stds[-1] / 1000.0 if stds else None, kernels, other)
+def find_graphs(items: Sequence[str | Path], tool_name: str) -> list[Path]:
+    """Graph files from files, folders (their graphs, not their subfolders') and glob patterns.
 
-
-def gpu_family(name: str) -> str | None:
-    """The kernel family of a GPU kernel name, or None for kernels leti does not model."""
-    base = re.sub(r"(_\d+)+$", "", name.split("_linked_:_")[0])
-    if base.startswith("depthwise"):
-        return "merged" if "plus_1x1" in base else "dwconv"
-    if base.startswith("fully_connected"):
-        return "fc"
-    if base.startswith("conv") and "transpose" not in base:
-        return "conv"
-    if base.startswith(("pooling", "mean", "global_pooling")):
-        return "pool"
-    return "concat" if base.startswith("concat") else None
-
-
-def kernel_family(k: Any) -> str | None:
-    """The family of a planned kernel. A 1x1 conv over a 1x1 plane runs as `fully_connected`."""
-    if k.kind == "fc" or (k.kind == "conv" and k.kernel == 1 and (k.h_in, k.w_in) == (1, 1)):
-        return "fc"
-    if k.kind in ("conv", "gconv"):
-        return "conv"
-    if k.kind.startswith("pool"):
-        return "pool"
-    return k.kind if k.kind in ("dwconv", "concat") else None
-
-
-def match_kernels(
-    kernels: list[Any], gpu: list[GpuKernelTime]
-) -> tuple[list[tuple[GpuKernelTime, Any]], Counter, list[str]]:
-    """Pair GPU kernels with planned kernels, in order within each family.
-
-    A family whose counts differ between the log and the plan is rejected whole: the pairing
-    would be ambiguous. Returns (pairs, rejected counts by reason, notes).
-    """
-    order = {
-        fam: [i for i, k in enumerate(kernels) if kernel_family(k) == fam]
-        for fam in ("conv", "dwconv", "fc", "pool", "concat")
-    }
-    used: set[int] = set()
-
-    def take(fam: str, after: int = -1) -> int | None:
-        i = next((i for i in order[fam] if i not in used and i > after), None)
-        if i is not None:
-            used.add(i)
-        return i
-
-    rejected: Counter = Counter()
-    notes: list[str] = []
-    chosen: dict[str, list[tuple[GpuKernelTime, int | None]]] = {f: [] for f in order}
-    for g in gpu:
-        fam = gpu_family(g.name)
-        if fam is None:
-            rejected["unmodelled_kernel"] += 1
-            notes.append(f"{g.name}: no kernel family leti models")
-        elif fam == "merged":  # a depthwise conv and the following 1x1 conv in one kernel
-            dw = take("dwconv")
-            take("conv", -1 if dw is None else dw)
-            rejected["merged_kernel"] += 1
-            notes.append(f"{g.name}: two graph kernels in one GPU kernel, no single geometry")
+    The graphs are ONNX files; for benchncnn a `.param` is the graph itself (and is preferred
+    to an ONNX file of the same name)."""
+    suffixes = (".param", ".onnx") if tool_name == "benchncnn" else (".onnx",)
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in suffixes)
+            if not found:
+                raise MeasurementError(f"{item}: no {' or '.join(suffixes)} file in this folder")
+        elif not path.exists() and glob.has_magic(str(item)):
+            found = sorted(
+                Path(p)
+                for p in glob.glob(str(item), recursive=True)
+                if Path(p).is_file() and Path(p).suffix in GRAPH_SUFFIXES
+            )
+            if not found:
+                raise MeasurementError(f"{item}: no graph file matches this pattern")
         else:
-            chosen[fam].append((g, take(fam)))
-    pairs = []
-    for fam, items in chosen.items():
-        left = [i for i in order[fam] if i not in used]
-        if any(i is None for _, i in items) or left:
-            rejected["count_mismatch"] += len(items)
-            n_plan = sum(i is not None for _, i in items) + len(left)
-            notes.append(f"{fam}: {len(items)} GPU kernels but {n_plan} in the graph's plan")
-            continue
-        pairs += [(g, kernels[i]) for g, i in items]
-    for g, k in pairs:
-        if parse_fused(g.name) != "+".join(k.fused):
-            notes.append(f"{g.name}: linked ops differ from the plan's {'+'.join(k.fused)!r}")
-    return sorted(pairs, key=lambda p: p[0].row), rejected, notes
+            found = [path]
+        out += found
+    by_stem: dict[str, Path] = {}
+    for p in out:  # one graph per model name: benchncnn's .param wins over the .onnx
+        best = by_stem.get(p.stem)
+        if best is None or (suffixes.index(p.suffix) if p.suffix in suffixes else 9) < (
+            suffixes.index(best.suffix) if best.suffix in suffixes else 9
+        ):
+            by_stem[p.stem] = p
+    return [p for p in dict.fromkeys(out) if by_stem.get(p.stem) == p]
 
 
-def _merge_table(
-    path: Path, new: pd.DataFrame, columns: tuple[str, ...], key: list[str], sort_by: list[str]
-) -> tuple[bytes, int, int, int]:
-    """(file bytes, rows in it, rows added, rows already present). Old rows are kept as text."""
+def make_transport(
+    adb: str | bool | None = None, ssh: str | None = None, local: bool = False
+) -> Transport:
+    """`adb`: True (the only device) or a serial."""
+    chosen = [x for x in (adb, ssh, local) if x not in (None, False)]
+    if len(chosen) != 1:
+        raise MeasurementError("choose one of --adb [SERIAL], --ssh HOST, --local or --from-log")
+    if local:
+        return Local()
+    if ssh:
+        return Ssh(ssh)
+    return Adb(adb if isinstance(adb, str) else None)
 
-    def as_text(frame: pd.DataFrame) -> pd.DataFrame:
-        buf = frame.to_csv(index=False, lineterminator="\n")
-        return pd.read_csv(io.StringIO(buf), dtype=str, keep_default_na=False, na_filter=False)
 
-    fresh = as_text(new.loc[:, list(columns)])
-    old = fresh.iloc[0:0]
-    if path.is_file():
-        try:
-            old = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-        except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-            raise MeasurementError(f"cannot read {path}: {exc}; nothing was written") from exc
-        if tuple(old.columns) != columns:
-            raise MeasurementError(f"{path}: columns {list(old.columns)} are not the schema's")
-    seen = set(old[key].itertuples(index=False, name=None))
-    is_new = [t not in seen for t in fresh[key].itertuples(index=False, name=None)]
-    merged = pd.concat([old, fresh[is_new]], ignore_index=True)
+def prepare_campaign(
+    soc: str,
+    tool_name: str,
+    graphs: Sequence[Path],
+    *,
+    runtime: str | None = None,
+    transport: Transport | None = None,
+    from_log: str | Path | None = None,
+    measurements_dir: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    source_name: str | None = None,
+    options: RunOptions | None = None,
+    force: bool = False,
+    timeout: float = 900.0,
+    clocks_pinned: bool = False,
+    model_file: str | Path | None = None,
+) -> Campaign:
+    """Resolve the SoC, the tool and the runtime, and check the options: a bad argument fails
+    before any device is touched."""
+    t = tool(tool_name)
+    reg = socs.registry(store.models_dir(models_dir) if models_dir else None)
+    hw = reg.resolve(soc)
+    rt = (runtime or t.runtime).strip().lower()
+    if rt != t.runtime:
+        raise MeasurementError(f"{t.name} measures {t.runtime}, not {rt!r}")
+    if (transport is None) == (from_log is None):
+        raise MeasurementError("choose one of --adb [SERIAL], --ssh HOST, --local or --from-log")
+    if transport is not None and transport.kind not in t.transports:
+        raise MeasurementError(
+            f"{t.name} runs only {' or '.join(x for x in t.transports if x != 'log')} "
+            f"(or --from-log), not over {transport.kind}"
+        )
+    name = source_name or f"measure-{hw.id}-{rt}-{t.name}"
+    if not safe_folder_name(name) or name == SOURCE_NAME:
+        raise MeasurementError(f"bad --source-name {name!r}: use a plain folder name")
+    opts = options or RunOptions()
+    if opts.runs < 1 or opts.warmup < 0 or opts.threads < 1 or opts.profile_runs < 0:
+        raise MeasurementError("--runs and --threads must be >= 1, --warmup >= 0")
+    if not graphs:
+        raise MeasurementError("no graph to measure")
+    if model_file is not None and len(graphs) != 1:
+        raise MeasurementError("--model-file names the device's file for one --graph only")
+    log = Path(from_log) if from_log is not None else None
+    if log is not None and not log.exists():
+        raise MeasurementError(f"--from-log {log}: no such file or folder")
+    if log is not None and log.is_file() and len(graphs) != 1:
+        raise MeasurementError("--from-log FILE reads one graph's run; give a folder of logs")
+    return Campaign(
+        soc=hw.id,
+        runtime=rt,
+        tool=t,
+        graphs=tuple(Path(g) for g in graphs),
+        out_dir=store.measurements_dir(measurements_dir) / name,
+        source_name=name,
+        transport=transport,
+        from_log=log,
+        options=opts,
+        force=force,
+        timeout=timeout,
+        clocks_pinned=clocks_pinned,
+        model_file=Path(model_file) if model_file is not None else None,
+        soc_gpu=hw.gpu,
+    )
+
+
+def safe_folder_name(name: str) -> bool:
+    return bool(name) and name[0].isalnum() and all(c.isalnum() or c in "_.+-" for c in name)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+
+
+def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame({c: pd.Series(dtype=str) for c in columns})
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise MeasurementError(f"cannot read {path}: {exc}; nothing was written") from exc
+    if tuple(frame.columns) != columns:
+        raise MeasurementError(f"{path}: columns {list(frame.columns)} are not the schema's")
+    return frame
+
+
+def _as_text(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    buf = frame.loc[:, list(columns)].to_csv(index=False, lineterminator="\n")
+    return pd.read_csv(io.StringIO(buf), dtype=str, keep_default_na=False, na_filter=False)
+
+
+def _replace_rows(
+    path: Path, new: pd.DataFrame, columns: tuple[str, ...], key: dict[str, str]
+) -> tuple[bytes, int]:
+    """The table at `path` with `key`'s rows replaced by `new` (as text, old rows untouched)."""
+    old = _read_table(path, columns)
+    mine = (old["soc"] == key["soc"]) & (old["runtime"] == key["runtime"])
+    mine &= old["model"] == key["model"]
+    merged = pd.concat([old[~mine], _as_text(new, columns)], ignore_index=True)
+    order = ["soc", "runtime", "model"] + (["source_row"] if "source_row" in columns else [])
     merged = merged.sort_values(
-        sort_by,
+        order,
         key=lambda s: pd.to_numeric(s, errors="coerce") if s.name == "source_row" else s,
         kind="mergesort",
     )
     text = merged.to_csv(index=False, lineterminator="\n")
-    return text.encode("utf-8"), len(merged), sum(is_new), len(is_new) - sum(is_new)
+    return text.encode("utf-8"), len(merged)
 
 
-def _run(cmd: list[str], timeout: float, what: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise DeviceError(f"{what} timed out after {timeout:.0f}s") from exc
-    except OSError as exc:
-        raise DeviceError(f"{what} could not run: {exc}") from exc
+def measured_models(campaign: Campaign) -> set[str]:
+    """Models with an end-to-end row of this soc and runtime in the campaign's folder."""
+    e2e = _read_table(campaign.out_dir / lm.E2E_FILE, lm.E2E_COLUMNS)
+    ok = (e2e["soc"] == campaign.soc) & (e2e["runtime"] == campaign.runtime)
+    return set(e2e.loc[ok, "model"])
 
 
-def _last(text: str, n: int = 800) -> str:
-    return text.strip()[-n:]
-
-
-@dataclass(frozen=True)
-class MeasureJob:
-    """What to measure and where the rows go; `prepare_measurement` checks it all up front."""
-
-    soc: str  # registry id
-    source_name: str  # the folder under the measurements dir
-    graph_path: Path
-    graph: Graph
-    plan: KernelPlan  # the graph's tflite-gpu kernels
-    out_dir: Path
-    tflite: Path | None = None
-    runs: int = 50
-    warmup: int = 10
-
-
-@dataclass(frozen=True)
-class BenchmarkRun:
-    """A `benchmark_model` log: from the device (kept under `<out>/logs/`) or a captured file."""
-
-    text: str
-    serial: str  # the device's, or the log file's name for a captured log
-    log_path: Path
-
-
-@dataclass(frozen=True)
-class MeasureReport:
-    """What one measurement added to the tables."""
-
-    model: str
-    soc: str
-    runtime: str
-    e2e_ms: float
-    std_ms: float | None
-    gpu_kernels: int  # GPU kernel rows in the log (0: the delegate reported none)
-    kernels_added: int
-    kernels_kept: int  # already present: the old row is kept
-    e2e_added: int
-    e2e_kept: int
-    out_dir: Path
-    rejected: dict[str, int] = field(default_factory=dict)  # kernel rows, by reason
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def kernels_rejected(self) -> int:
-        return sum(self.rejected.values())
-
-
-def prepare_measurement(
-    soc: str,
-    graph: str | Path,
-    *,
-    tflite: str | Path | None = None,
-    source_name: str | None = None,
-    measurements_dir: str | Path | None = None,
-    runs: int = 50,
-    warmup: int = 10,
-) -> MeasureJob:
-    """Resolve the SoC, check the options and plan the graph: a bad graph fails before any
-    device is touched."""
-    from leti.core.socs import resolve
-    from leti.frontend.fusion import plan
-    from leti.frontend.graph import parse_graph
-
-    soc_id = resolve(soc).id
-    name = source_name or f"measure-{soc_id}"
-    if not _SAFE_NAME.match(name) or name == SOURCE_NAME:
-        raise MeasurementError(f"bad --source-name {name!r}: use a plain, new folder name")
-    if runs < 1 or warmup < 0:
-        raise MeasurementError("--runs must be >= 1 and --warmup >= 0")
-    graph_path = Path(graph).resolve()
-    parsed = parse_graph(graph_path)
-    return MeasureJob(
-        soc=soc_id,
-        source_name=name,
-        graph_path=graph_path,
-        graph=parsed,
-        plan=plan(parsed, RUNTIME),
-        out_dir=store.measurements_dir(measurements_dir) / name,
-        tflite=Path(tflite) if tflite is not None else None,
-        runs=runs,
-        warmup=warmup,
-    )
-
-
-def run_on_device(
-    job: MeasureJob,
-    *,
-    serial: str | None = None,
-    benchmark_binary: str | None = None,
-    timeout: float = 900.0,
-) -> BenchmarkRun:
-    """Push the .tflite, run `benchmark_model` on the phone and keep its log under
-    `<out>/logs/` (the rows can be re-derived from it with `read_log`)."""
-    adb = shutil.which("adb")
-    if adb is None:
-        raise DeviceError("adb not found on PATH: install Android platform-tools or use --from-log")
-    if job.tflite is None or not job.tflite.is_file():
-        raise MeasurementError(f"--tflite file not found: {job.tflite}")
-    base = [adb, *(["-s", serial] if serial else [])]
-    state = _run([*base, "get-state"], 20, "adb get-state")
-    if state.returncode != 0 or state.stdout.strip() != "device":
-        who = f"device {serial!r}" if serial else "a device"
-        raise DeviceError(f"{who} not found or not ready: {_last(state.stderr or state.stdout)}")
-    serial = serial or _run([*base, "get-serialno"], 20, "adb get-serialno").stdout.strip()
-    remote = f"{REMOTE_DIR}/{job.tflite.name}"
-    push = _run([*base, "push", str(job.tflite), remote], 300, "adb push")
-    if push.returncode != 0:
-        raise DeviceError(f"adb push failed: {_last(push.stderr or push.stdout)}")
-    flags = [f"--graph={remote}", "--use_gpu=true", "--gpu_precision_loss_allowed=true"]
-    flags += [
-        "--enable_op_profiling=true",
-        f"--num_runs={job.runs}",
-        f"--warmup_runs={job.warmup}",
-    ]
-    binary = benchmark_binary or DEFAULT_BENCHMARK_BINARY
-    remote_cmd = " ".join(shlex.quote(a) for a in [binary, *flags])
-    bench = _run([*base, "shell", remote_cmd], timeout, "benchmark_model")
-    text = f"{bench.stdout}\n{bench.stderr}"  # TFLITE_LOG writes to stderr
-    if bench.returncode != 0 or "Inference timings" not in text:
-        why = _last(bench.stderr) or _last(bench.stdout)
-        raise DeviceError(f"benchmark_model failed (exit {bench.returncode}): {why}")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    log_path = atomic_write_text(job.out_dir / "logs" / f"{job.graph_path.stem}-{stamp}.log", text)
-    return BenchmarkRun(text, serial or "unknown", log_path)
-
-
-def read_log(path: str | Path, serial: str | None = None) -> BenchmarkRun:
-    """A captured `benchmark_model` log; `serial` defaults to the file's name."""
-    path = Path(path)
-    try:
-        text = path.read_text("utf-8", errors="replace")
-    except OSError as exc:
-        raise MeasurementError(f"cannot read log {path}: {exc}") from exc
-    return BenchmarkRun(text, serial or path.name, path)
-
-
-def ingest(job: MeasureJob, run: BenchmarkRun) -> MeasureReport:
-    """Parse the log, pair its GPU kernels with the plan, validate the rows and merge them into
-    `job.out_dir` atomically (existing rows are kept; the manifest is written last)."""
-    from leti.frontend.features import kernels_frame
-
-    log = parse_benchmark_log(run.text)
-    model, source = job.graph_path.stem, f"measure:{run.serial}"
-    key = {"soc": job.soc, "runtime": RUNTIME, "model": model}
-
-    kernels = list(job.plan.kernels)
-    pairs, rejected, notes = match_kernels(kernels, log.kernels)
-    geometry = kernels_frame([k for _, k in pairs])
-    rows = []
-    for j, (g, k) in enumerate(pairs):
-        row = {**key, **geometry.iloc[j].to_dict(), "fused": parse_fused(g.name)}
-        row.update(source_row=g.row, op=_OPS.get(k.kind, k.op_type), w_in=k.w_in, pad=k.pad)
-        row.update(flops=k.flops or None, latency_ms=round(g.avg_ms, 9), gpu_kernel=g.name)
-        rows.append({**row, "source": source})
-    new_kernels, bad = lm.validate_kernel_rows(pd.DataFrame(rows, columns=list(lm.KERNEL_COLUMNS)))
-    rejected.update(bad)
-    params = job.tflite.stat().st_size if job.tflite and job.tflite.is_file() else None
-    e2e_row = {**key, "latency_ms": round(log.e2e_ms, 9), "std_ms": log.std_ms, "source": source}
-    e2e_row.update(flops=sum(la.flops for la in job.graph.layers) or None, params_bytes=params)
-    e2e_row["graph"] = str(job.graph_path)
-    new_e2e, bad_e2e = lm.validate_e2e_rows(pd.DataFrame([e2e_row], columns=list(lm.E2E_COLUMNS)))
-    if bad_e2e:
-        raise MeasurementError(f"the end-to-end row is invalid: {bad_e2e}")
-
-    out = job.out_dir
-    sort_k = ["source", "soc", "runtime", "model", "source_row"]
-    k_bytes, k_rows, k_added, k_kept = _merge_table(
-        out / lm.KERNELS_FILE, new_kernels, lm.KERNEL_COLUMNS, sort_k[1:], sort_k
-    )
-    e_bytes, e_rows, e_added, e_kept = _merge_table(
-        out / lm.E2E_FILE, new_e2e, lm.E2E_COLUMNS, sort_k[1:4], sort_k[:4]
-    )
+def _write(campaign: Campaign, model: str, kernels: pd.DataFrame, e2e: pd.DataFrame) -> None:
+    out = campaign.out_dir
+    key = {"soc": campaign.soc, "runtime": campaign.runtime, "model": model}
+    k_bytes, k_rows = _replace_rows(out / lm.KERNELS_FILE, kernels, lm.KERNEL_COLUMNS, key)
+    e_bytes, e_rows = _replace_rows(out / lm.E2E_FILE, e2e, lm.E2E_COLUMNS, key)
+    atomic_write_bytes(out / lm.KERNELS_FILE, k_bytes)  # the end-to-end row last: the marker
+    atomic_write_bytes(out / lm.E2E_FILE, e_bytes)
     tables = ((lm.KERNELS_FILE, k_bytes, k_rows), (lm.E2E_FILE, e_bytes, e_rows))
     outputs = {f: {"rows": n, "sha256": hashlib.sha256(b).hexdigest()} for f, b, n in tables}
     manifest = {
         "schema_version": lm.SCHEMA_VERSION,
-        "source": job.source_name,
-        "tool": "leti measure",
+        "source": campaign.source_name,
+        "tool": f"leti measure --tool {campaign.tool.name}",
+        "licence": None,
+        "outputs": outputs,
+        "leti_version": VERSION,
     }
-    manifest.update(licence=None, outputs=outputs, leti_version=VERSION)
-    atomic_write_bytes(out / lm.KERNELS_FILE, k_bytes)  # manifest last, as the importer does
-    atomic_write_bytes(out / lm.E2E_FILE, e_bytes)
     atomic_write_json(out / lm.MANIFEST_FILE, manifest)
 
-    return MeasureReport(
-        model=model,
-        soc=job.soc,
-        runtime=RUNTIME,
-        e2e_ms=log.e2e_ms,
-        std_ms=log.std_ms,
-        gpu_kernels=len(log.kernels),
-        kernels_added=k_added,
-        kernels_kept=k_kept,
-        e2e_added=e_added,
-        e2e_kept=e_kept,
-        out_dir=out,
-        rejected=dict(sorted(rejected.items())),
-        notes=notes,
+
+def _record(campaign: Campaign, result: GraphResult) -> None:
+    """Rewrite `<out>/measure.json` with this graph's latest status."""
+    path = campaign.out_dir / CAMPAIGN_FILE
+    doc: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            doc = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            doc = {}
+    graphs = doc.get("graphs", {}) if isinstance(doc.get("graphs"), dict) else {}
+    entry = result.to_dict()
+    entry["at"] = datetime.now(UTC).replace(microsecond=0).isoformat()
+    entry["tool"] = campaign.tool.name
+    graphs[f"{campaign.soc}/{campaign.runtime}/{result.model}"] = entry
+    atomic_write_json(
+        path,
+        {
+            "format": CAMPAIGN_FORMAT,
+            "source": campaign.source_name,
+            "leti_version": VERSION,
+            "graphs": dict(sorted(graphs.items())),
+        },
     )
+
+
+# --------------------------------------------------------------------------------------------
+# One graph
+
+
+def _source(campaign: Campaign, where: str) -> str:
+    clocks = "clocks-pinned" if campaign.clocks_pinned else "clocks-unpinned"
+    if campaign.tool.name == "onnxruntime":
+        clocks = f"threads-{campaign.options.threads}"
+    return f"measure:{campaign.tool.name}:{where}:{clocks}"
+
+
+def _log_for(campaign: Campaign, graph: Path) -> Path:
+    log = campaign.from_log
+    assert log is not None
+    if log.is_file():
+        return log
+    for name in (f"{graph.stem}.log", f"{graph.stem}.txt"):
+        if (log / name).is_file():
+            return log / name
+    found = sorted(log.glob(f"{glob.escape(graph.stem)}-{campaign.tool.name}-*.log"))
+    if found:
+        return found[-1]  # the latest saved run
+    raise MeasurementError(f"no saved log for {graph.stem} in {log} ({graph.stem}.log)")
+
+
+def _run_tool(campaign: Campaign, graph: Path, parsed: Any) -> tuple[str, str, Path | None]:
+    """(the tool's output, where it ran, the saved log) for one graph."""
+    t = campaign.tool
+    if campaign.transport is None:
+        path = _log_for(campaign, graph)
+        try:
+            text = path.read_text("utf-8", errors="replace")
+        except OSError as exc:
+            raise MeasurementError(f"cannot read log {path}: {exc}") from exc
+        return text, f"log:{path.name}", path
+    tr = campaign.transport
+    opts = campaign.options
+    shape = parsed.inputs[0][1] if parsed.inputs else None
+    with tempfile.TemporaryDirectory(prefix="leti-measure-") as tmp:
+        if t.name == "onnxruntime":
+            from leti.measurements.onnxruntime_cpu import command, materialise
+
+            model = materialise(t.model_file(graph, campaign.model_file), Path(tmp) / graph.name)
+            argv = command(tr.stage(model), opts)
+        else:
+            model = t.model_file(graph, campaign.model_file)
+            binary = opts.binary or (
+                f"{tr.remote_dir.rsplit('/', 1)[0]}/{t.binary}" if tr.kind == "adb" else t.binary
+            )
+            argv = t.command(binary, tr.stage(model), opts, shape)
+        out = tr.execute(argv, campaign.timeout, t.name)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    log_path = campaign.out_dir / "logs" / f"{graph.stem}-{t.name}-{stamp}.log"
+    atomic_write_text(log_path, out.text)
+    if out.rc != 0:
+        raise DeviceError(f"{t.name} failed (exit {out.rc}): {out.tail()}")
+    return out.text, tr.where, log_path
+
+
+def _kernel_rows(
+    campaign: Campaign, model: str, join: Join, source: str
+) -> tuple[pd.DataFrame, Counter]:
+    from leti.frontend.features import kernels_frame
+
+    key = {"soc": campaign.soc, "runtime": campaign.runtime, "model": model}
+    geometry = kernels_frame([k for _, k, _, _ in join.pairs])
+    rows = []
+    for j, (g, k, fused, ms) in enumerate(join.pairs):
+        row = {**key, **geometry.iloc[j].to_dict(), "fused": fused}
+        row.update(source_row=g.index if g.index is not None else g.position, w_in=k.w_in)
+        row.update(op=OPS.get(k.kind, k.op_type), pad=k.pad, flops=k.flops or None)
+        row.update(latency_ms=round(ms, 9), gpu_kernel=g.label, source=source)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(lm.KERNEL_COLUMNS))
+    ok, bad = lm.validate_kernel_rows(frame)
+    return ok, Counter(bad)
+
+
+def measure_graph(campaign: Campaign, graph: Path, skip: set[str] | None = None) -> GraphResult:
+    """Measure one graph and store its rows. Never raises for a problem of this graph (it is
+    recorded in the result and in `measure.json`); raises only for a table it cannot read."""
+    graph = Path(graph)
+    model = graph.stem
+    result = GraphResult(str(graph), model, FAILED)
+    if skip is not None and model in skip and not campaign.force:
+        result.status, result.reason = SKIPPED, "already measured (use --force to measure again)"
+        return result
+    try:
+        _measure(campaign, graph, result)
+    except LetiError as exc:
+        result.status, result.reason = FAILED, exc.message
+    except OSError as exc:  # a full disk, a folder we may not write
+        result.status, result.reason = FAILED, f"{type(exc).__name__}: {exc}"
+    _record(campaign, result)
+    return result
+
+
+def _measure(campaign: Campaign, graph: Path, result: GraphResult) -> None:
+    from leti.frontend.fusion import plan
+    from leti.frontend.graph import parse_graph
+
+    if not graph.is_file():
+        raise MeasurementError(f"{graph}: no such graph file")
+    parsed = parse_graph(graph)  # a bad graph fails before the device is touched
+    text, where, log_path = _run_tool(campaign, graph, parsed)
+    result.log = str(log_path) if log_path else None
+    run: ToolRun = campaign.tool.parse(text, graph.name)
+    result.e2e_ms, result.std_ms, result.repeats = run.e2e_ms, run.std_ms, list(run.repeats)
+    result.device = run.device
+    result.notes += list(run.notes)
+    if run.device and campaign.tool.name == "benchncnn" and not _same_gpu(run.device, campaign):
+        result.notes.append(
+            f"the GPU banner says {run.device!r}; the registry's {campaign.soc} has "
+            f"{campaign.soc_gpu!r}"
+        )
+    if run.rejected:
+        result.status, result.reason = REJECTED, run.rejected
+        result.rejected.append({"reason": "run_rejected", "detail": run.rejected})
+        return
+    source = _source(campaign, where)
+    if run.device and campaign.tool.name == "benchncnn":
+        source += f":gpu-{_slug(run.device)}"
+    kernels = pd.DataFrame(columns=list(lm.KERNEL_COLUMNS))
+    if campaign.tool.per_kernel:
+        graph_plan = plan(parsed, campaign.runtime)
+        if campaign.tool.name == "onnxruntime":
+            join = join_onnxruntime(
+                graph_plan, run.extra.get("node_runs", {}), run.extra.get("node_ops", {})
+            )
+        else:
+            join = join_tflite(graph_plan, list(run.kernels))
+        kernels, bad = _kernel_rows(campaign, graph.stem, join, source)
+        rejected = join.rejected + bad
+        result.rejected += [{"reason": r, "rows": n} for r, n in sorted(rejected.items())]
+        result.notes += join.notes
+        result.fusion_disagreements = join.disagreements
+    e2e_row = {
+        "soc": campaign.soc,
+        "runtime": campaign.runtime,
+        "model": graph.stem,
+        "latency_ms": round(float(run.e2e_ms), 9) if run.e2e_ms else None,
+        "std_ms": round(run.std_ms, 9) if run.std_ms is not None else None,
+        "flops": sum(la.flops for la in parsed.layers) or None,
+        "params_bytes": None,
+        "graph": str(graph.resolve()),
+        "source": source,
+    }
+    e2e, bad_e2e = lm.validate_e2e_rows(pd.DataFrame([e2e_row], columns=list(lm.E2E_COLUMNS)))
+    if bad_e2e:
+        raise MeasurementError(f"the end-to-end row is invalid: {bad_e2e}")
+    _write(campaign, graph.stem, kernels, e2e)
+    result.status = MEASURED
+    result.kernel_rows, result.e2e_rows = len(kernels), len(e2e)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-")[:40]
+
+
+def _same_gpu(banner: str, campaign: Campaign) -> bool:
+    def words(s: str) -> set[str]:
+        return {w for w in "".join(c if c.isalnum() else " " for c in s.lower()).split() if w}
+
+    common = words(banner) & words(campaign.soc_gpu)
+    return bool(common - {"tm", "gpu", "mc2", "2ee"})
+
+
+# --------------------------------------------------------------------------------------------
+# A campaign
+
+
+def run_campaign(campaign: Campaign) -> Iterator[GraphResult]:
+    """Measure every graph in turn, yielding each result as it is stored. Connects to the
+    device first (DeviceError when it is not there at all)."""
+    if campaign.transport is not None:
+        campaign.transport.connect()
+    skip = measured_models(campaign)
+    seen: set[str] = set()
+    for graph in campaign.graphs:
+        if graph.stem in seen:
+            result = GraphResult(str(graph), graph.stem, FAILED)
+            result.reason = f"another graph of this campaign is already named {graph.stem!r}"
+            _record(campaign, result)
+            yield result
+            continue
+        seen.add(graph.stem)
+        yield measure_graph(campaign, graph, skip)
+
+
+def summary(campaign: Campaign, results: Sequence[GraphResult]) -> dict[str, Any]:
+    """The machine-readable summary: per graph, and totals with the repeat-to-repeat spread."""
+    counts = {s: sum(r.status == s for r in results) for s in (MEASURED, SKIPPED, REJECTED, FAILED)}
+    spreads = [r.spread for r in results if r.status == MEASURED and r.spread is not None]
+    return {
+        "soc": campaign.soc,
+        "runtime": campaign.runtime,
+        "tool": campaign.tool.name,
+        "out_dir": str(campaign.out_dir),
+        "graphs": [r.to_dict() for r in results],
+        "totals": {
+            **counts,
+            "rows": {
+                "kernel": sum(r.kernel_rows for r in results),
+                "e2e": sum(r.e2e_rows for r in results),
+            },
+        },
+        "repeat_spread": {
+            "what": "per graph, the standard deviation of its repeats over their median",
+            "graphs": len(spreads),
+            "median": float(statistics.median(spreads)) if spreads else None,
+            "max": max(spreads) if spreads else None,
+        },
+    }
