@@ -609,6 +609,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     pairs = measured_pairs(args.measurements_dir)
+    if args.soc:
+        from leti.core.socs import resolve
+
+        pairs = [p for p in pairs if p[0] == resolve(args.soc).id]
     if args.runtime:
         pairs = [p for p in pairs if p[1] == args.runtime]
     if not pairs:  # before anything is evaluated or written
@@ -779,9 +783,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.from_benchmark is not None:
         _ship_benchmark_calibrations(_models_root(args.models_dir), args.from_benchmark)
         return 0
-    if not args.soc or not args.measurements:
-        raise LetiError("leti calibrate needs --soc and --measurements (or --from-benchmark)")
-    doc, timings = calibrate(args.soc, args.runtime, args.measurements, args.models_dir)
+    if args.from_measurements is not None:
+        doc, timings = _calibrate_from_measurements(args)
+    elif not args.soc or not args.measurements:
+        raise LetiError(
+            "leti calibrate needs --soc and --measurements (or --from-measurements, or "
+            "--from-benchmark)"
+        )
+    else:
+        doc, timings = calibrate(args.soc, args.runtime, args.measurements, args.models_dir)
     print(timings.report())
     lo, hi = doc["interval_log_quantiles"]
     base = doc["base"]
@@ -823,6 +833,60 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if timings.rejected:
         print(f"warning: {len(timings.rejected)} row(s) rejected (see above)")
     return 0
+
+
+def _calibrate_from_measurements(args: argparse.Namespace) -> tuple[dict, Any]:
+    """`leti calibrate --soc S [--runtime R] --from-measurements [DIR]`: the end-to-end rows of
+    (S, R) in the measurements dir, each with its graph, as the timings of a calibration."""
+    import hashlib
+
+    from leti.core import socs
+    from leti.core.store import measurements_dir, sha256_file
+    from leti.measurements.schema import load_e2e
+    from leti.train.calibrate import calibrate_timings
+    from leti.train.timings import RejectedRow, TimingRow, Timings
+
+    if not args.soc:
+        raise LetiError("leti calibrate --from-measurements needs --soc")
+    root = _models_root(args.models_dir)
+    soc = socs.registry(root).resolve(args.soc)
+    runtime = socs.resolve_runtime(args.runtime, root)
+    where = measurements_dir(None if args.from_measurements is True else args.from_measurements)
+    rows = load_e2e(where, soc=soc.id, runtime=runtime)
+    if rows.empty:
+        raise LetiError(
+            f"no end-to-end measurements of {soc.id}/{runtime} in {where}: run `leti measure` "
+            "first; nothing was written"
+        )
+    digest = hashlib.sha256(
+        rows.sort_values(["model", "source"]).to_csv(index=False).encode()
+    ).hexdigest()
+    timings = Timings(source=f"{where} ({soc.id}/{runtime} end-to-end rows)", file_sha256=digest)
+    seen: dict[str, int] = {}
+    for line, rec in enumerate(rows.itertuples(index=False), start=1):
+        path = Path(rec.graph) if rec.graph else None
+        if path is None or not path.is_file():
+            timings.rejected.append(RejectedRow(line, rec.model, "missing_file", str(rec.graph)))
+            continue
+        sha = sha256_file(path)
+        if sha in seen:
+            timings.rejected.append(
+                RejectedRow(line, rec.model, "duplicate", f"same graph as row {seen[sha]}")
+            )
+            continue
+        seen[sha] = line
+        timings.rows.append(TimingRow(line, rec.model, path.resolve(), float(rec.latency_ms), sha))
+    tools = sorted({str(s).split(":")[1] for s in rows["source"] if str(s).count(":") >= 1})
+    source = {
+        "dataset": "leti measure",
+        "section": f"{soc.id}/{runtime} end-to-end rows in {where}",
+        "models": len(timings.rows),
+        "notes": [
+            f"calibrated on {len(timings.rows)} end-to-end timings measured with leti measure "
+            f"({', '.join(tools) or 'unknown tool'})"
+        ],
+    }
+    return calibrate_timings(soc, runtime, timings, root, source=source), timings
 
 
 def cmd_socs(args: argparse.Namespace) -> int:
@@ -1129,6 +1193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="accuracy report: grouped CV, size extrapolation, interval coverage, NB201 family",
     )
+    p.add_argument("--soc", default=None, help="evaluate this SoC only (id or alias)")
     p.add_argument("--runtime", default=None)
     p.add_argument("--out", default="benchmarks/accuracy.md")
     p.add_argument("--transfer", action="store_true", help="leave-one-SoC-out transfer report")
@@ -1171,6 +1236,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write the ncnn-vulkan calibrations of the SoCs the public ncnn benchmark timed "
         f"(default {_ncnn_benchmark_dir()})",
+    )
+    p.add_argument(
+        "--from-measurements",
+        type=Path,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
+        help="calibrate --soc/--runtime on the end-to-end rows `leti measure` stored (default "
+        "$LETI_MEASUREMENTS_DIR or measurements/)",
     )
     _add_models_dir(p)
     p.set_defaults(func=cmd_calibrate)
