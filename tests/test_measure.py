@@ -456,3 +456,35 @@ def test_from_log_folder_campaign_with_progress_bar(tmp_path, capsys):
     assert "measuring (benchmark_model)" in err  # tqdm's bar, on stderr
     assert "b_net: FAILED: no saved log for b_net" in out
     assert "1 measured, 0 skipped (already measured), 0 rejected, 1 failed" in out
+
+
+def test_end_to_end_rows_feed_calibrate_from_measurements(tmp_path, light_dir, capsys):
+    """benchmark_model rows of four graphs (saved logs, invented numbers) become the timings of
+    `leti calibrate --from-measurements` on a synthetic transfer model."""
+    from tests.test_transfer import build_synthetic_transfer
+
+    models = build_synthetic_transfer(tmp_path / "models")
+    names = ("squeezenet", "shufflenet", "bvlc_alexnet", "inception_v1")
+    zoo, logs = tmp_path / "zoo", tmp_path / "logs"
+    zoo.mkdir()
+    logs.mkdir()
+    for i, name in enumerate(names):
+        (zoo / f"{name}.onnx").write_bytes((light_dir / f"light_{name}.onnx").read_bytes())
+        avg = f"Inference (avg): {1000 * (3 + 2 * i):.2f}"
+        (logs / f"{name}.log").write_text(
+            BM_GPU.read_text().replace("Inference (avg): 631.42", avg)
+        )
+    meas = tmp_path / "m"
+    argv = ["--soc", "sd888", "--tool", "benchmark_model", "--graphs", str(zoo), "--from-log"]
+    assert _measure(*argv, str(logs), out=meas) == 0
+    capsys.readouterr()
+    cal = ["calibrate", "--soc", "snapdragon888", "--runtime", "tflite-gpu"]
+    rc = main([*cal, "--from-measurements", str(meas), "--models-dir", str(models)])
+    assert rc == 0
+    assert "snapdragon888/tflite-gpu: calibrated on 4 timings" in capsys.readouterr().out
+    doc = json.loads((models / "snapdragon888" / "tflite-gpu" / "calibration.json").read_text())
+    assert doc["source"]["dataset"] == "leti measure" and doc["k"] == 4
+    assert sorted(r["measured_ms"] for r in doc["residuals"]) == [3.0, 5.0, 7.0, 9.0]
+    empty = ["--from-measurements", str(tmp_path / "nothing"), "--models-dir", str(models)]
+    assert main(["calibrate", "--soc", "rk3568", "--runtime", "tflite-gpu", *empty]) == 2
+    assert "no end-to-end measurements of rk3568/tflite-gpu" in capsys.readouterr().err
