@@ -90,3 +90,14 @@ def test_metrics_on_known_values():
     assert m["acc5"] == 0.25 and m["acc10"] == 0.5 and m["acc20"] == 0.75
     assert m["mape"] == pytest.approx((0 + 0.08 + 0.3 + 0.2) / 4)
     assert m["kendall_tau"] == pytest.approx(2 / 3, abs=0.2)
+
+
+def test_free_form_trees_are_a_candidate_only_where_kernel_rows_leave_kernels_out():
+    """Trees cannot extrapolate to graphs smaller than the training ones; they compete only
+    for runtimes whose kernel rows miss kernels (PyTorch Metal), and every candidate of the
+    structural family is there for all runtimes."""
+    tflite = fit_mod._graph_stage_candidates("leti", "snapdragon855", "tflite-gpu")
+    metal = fit_mod._graph_stage_candidates("leti", "apple-a12", "pytorch-metal")
+    assert set(tflite) == {"structural", "structural+launches"}
+    assert set(metal) == {"structural", "structural+launches", "trees"}
+    assert list(metal)[0] == "structural"  # simplest first
