@@ -101,3 +101,7 @@ def test_free_form_trees_are_a_candidate_only_where_kernel_rows_leave_kernels_ou
     assert set(tflite) == {"structural", "structural+launches"}
     assert set(metal) == {"structural", "structural+launches", "trees"}
     assert list(metal)[0] == "structural"  # simplest first
+    # and the NAS-family ranking binds where the kernel sum covers every kernel
+    assert fit_mod._keeps_family_rank("leti", "tflite-gpu")
+    assert not fit_mod._keeps_family_rank("leti", "pytorch-metal")
+    assert not fit_mod._keeps_family_rank("previous", "tflite-gpu")

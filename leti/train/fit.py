@@ -184,7 +184,7 @@ def _graph_stage_candidates(
         "structural": lambda: GraphOverhead.for_hardware(hw, per_kernel=False),
         "structural+launches": lambda: GraphOverhead.for_hardware(hw, per_kernel=True),
     }
-    if socs.runtimes().get(runtime, {}).get("kernel_rows") == "partial":
+    if _partial_kernel_rows(runtime):
         out["trees"] = lambda: GraphCorrector(constant=False)
     return out
 
@@ -226,6 +226,19 @@ def family_rows(kernels: KernelTimeModel, runtime: str) -> np.ndarray:
     return graph_rows(plans, predict_kernel_ms(kernels, plans))
 
 
+def _partial_kernel_rows(runtime: str) -> bool:
+    """Whether the runtime's kernel rows leave kernels out (`kernel_rows: partial` in
+    data/socs.json: PyTorch Metal's lack the elementwise kernels' times)."""
+    return socs.runtimes().get(runtime, {}).get("kernel_rows") == "partial"
+
+
+def _keeps_family_rank(method: str, runtime: str) -> bool:
+    """Whether the graph stage must keep a NAS family ranked like its kernel sums. Not for the
+    previous method (kept as it was), and not where the kernel rows leave kernels out: there
+    the kernel sum misses work the graph stage has to add, which may reorder the family."""
+    return method != "previous" and not _partial_kernel_rows(runtime)
+
+
 def _fit_stage(stage: GraphCorrection, x: np.ndarray, y: np.ndarray, family: np.ndarray):
     if isinstance(stage, GraphOverhead):
         return stage.fit(x, y, family=family)
@@ -245,7 +258,7 @@ def fit_pipeline(
     oof = oof_kernel_ms(ts, train_models, exclude=held_out, seed=seed, method=method)
     x, y = corrector_data(ts, oof, train_models)
     kernels = fit_kernels(ts, exclude=held_out, method=method)
-    family = family_rows(kernels, ts.runtime) if method != "previous" else None
+    family = family_rows(kernels, ts.runtime) if _keeps_family_rank(method, ts.runtime) else None
     makers = _graph_stage_candidates(method, ts.soc, ts.runtime)
     candidates = {name: np.empty(len(train_models)) for name in makers}
     index = {m: i for i, m in enumerate(train_models)}
