@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import sys
@@ -434,7 +435,12 @@ def test_external_data_is_never_opened(tmp_path: Path, monkeypatch: Any) -> None
         return real_infer(model, **kwargs)
 
     monkeypatch.setattr(onnx.shape_inference, "infer_shapes", spy)
-    for location in ("../../etc/passwd", "does-not-exist.bin", str(tmp_path / "w.bin")):
+    own_rules = G.OWN_SHAPE_OPS
+    for location, route in itertools.product(
+        ("../../etc/passwd", "does-not-exist.bin", str(tmp_path / "w.bin")), ("own", "onnx")
+    ):
+        # leti's own shape rules, and ONNX's inference (what a graph of other ops gets)
+        monkeypatch.setattr(G, "OWN_SHAPE_OPS", own_rules if route == "own" else frozenset())
         path = tmp_path / "ext.onnx"
         path.write_bytes(_external_model(location).SerializeToString())
         g, opened = _opened_during(lambda p=path: parse_graph(p))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -84,43 +84,67 @@ def rules(runtime: str) -> FusionRules:
     )
 
 
-@dataclass
 class _Op:
     """A canonical op: one runtime-visible operation covering one or more ONNX layers."""
 
-    op_type: str
-    main: Layer
-    layers: list[Layer]
-    inputs: list[str]  # runtime (non-constant) inputs
-    output: str
+    __slots__ = ("op_type", "main", "layers", "inputs", "output")
+
+    def __init__(
+        self, op_type: str, main: Layer, layers: list[Layer], inputs: list[str], output: str
+    ) -> None:
+        self.op_type = op_type
+        self.main = main
+        self.layers = layers
+        self.inputs = inputs  # runtime (non-constant) inputs
+        self.output = output
 
 
-@dataclass
 class _Building:
     """A kernel under construction: mutable while later layers are folded or linked into it."""
 
-    kind: str
-    op: _Op
-    layers: list[str]
-    fused: list[str] = field(default_factory=list)
-    depth: int = 0
-    order: int = 0
-    priced: str = "measured"
+    __slots__ = ("kind", "op", "layers", "fused", "depth", "order", "priced")
+
+    def __init__(
+        self,
+        kind: str,
+        op: _Op,
+        layers: list[str],
+        fused: list[str],
+        depth: int = 0,
+        order: int = 0,
+        priced: str = "measured",
+    ) -> None:
+        self.kind = kind
+        self.op = op
+        self.layers = layers
+        self.fused = fused
+        self.depth = depth
+        self.order = order
+        self.priced = priced
 
 
-def _index(graph: Graph) -> tuple[Counter[str], set[str]]:
-    """Reader counts per tensor, and the tensors computed from constants only."""
-    consumers: Counter[str] = Counter()
+_FOLDED_AT_CONVERSION = frozenset({"Constant", "Shape", "ConstantOfShape", "Size"})
+
+
+def _index(graph: Graph) -> tuple[dict[str, int], set[str]]:
+    """Reader counts per tensor (absent: none), and the tensors computed from constants only."""
+    consumers: dict[str, int] = {}
+    get = consumers.get
     for layer in graph.layers:
         for t in layer.inputs:
             if t:
-                consumers[t] += 1
+                consumers[t] = get(t, 0) + 1
     for out in graph.outputs:
-        consumers[out] += 1
+        consumers[out] = get(out, 0) + 1
     const = set(graph.initializers)
     for layer in graph.layers:
-        runtime_inputs = [t for t in layer.inputs if t and t not in const]
-        if layer.op_type in ("Constant", "Shape", "ConstantOfShape", "Size") or not runtime_inputs:
+        if layer.op_type in _FOLDED_AT_CONVERSION:
+            const.update(layer.outputs)
+            continue
+        for t in layer.inputs:
+            if t and t not in const:
+                break
+        else:  # no runtime input
             const.update(layer.outputs)
     return consumers, const
 
@@ -138,7 +162,7 @@ def _canonical_ops(graph: Graph) -> list[_Op]:
 
     def sole_consumer(tensor: str) -> Layer | None:
         readers = users.get(tensor, [])
-        return readers[0] if consumers[tensor] == 1 and readers else None
+        return readers[0] if consumers.get(tensor, 0) == 1 and readers else None
 
     def runtime_inputs(layer: Layer) -> list[str]:
         return [t for t in layer.inputs if t and t not in const]
@@ -174,11 +198,13 @@ def _canonical_ops(graph: Graph) -> list[_Op]:
         return [add, clip, mul, div], x, div.outputs[0]
 
     for layer in graph.layers:
-        if layer.name in absorbed:
+        if absorbed and layer.name in absorbed:
             continue
-        rin = runtime_inputs(layer)
-        if not rin or layer.op_type in ("Constant", "Shape", "ConstantOfShape", "Size"):
+        if layer.op_type in _FOLDED_AT_CONVERSION:
             continue  # folded at conversion time: never launched
+        rin = [t for t in layer.inputs if t and t not in const]
+        if not rin:
+            continue  # computed from constants only: folded at conversion time too
         if layer.op_type == "Add":
             hs = hard_swish_from(layer)
             if hs is not None:
@@ -221,11 +247,12 @@ def _dims(shape) -> tuple[int, int, int]:
     """(C, H, W) of an NCHW (or NC / NCW) activation; 1 for missing dims."""
     if not shape:
         return 0, 1, 1
-    s = list(shape)
-    c = s[1] if len(s) > 1 else s[0]
-    h = s[2] if len(s) > 2 else 1
-    w = s[3] if len(s) > 3 else 1
-    return int(c), int(h), int(w)
+    n = len(shape)
+    if n >= 4:
+        return int(shape[1]), int(shape[2]), int(shape[3])
+    if n == 3:
+        return int(shape[1]), int(shape[2]), 1
+    return int(shape[1] if n > 1 else shape[0]), 1, 1
 
 
 def _spatial(shape: Shape | None) -> tuple[int, int, int, int]:
@@ -370,30 +397,33 @@ def _make_kernel(b: _Building) -> Kernel:
     if b.priced == "analytic":
         work_flops = int(layer.flops)
         work_bytes = int(layer.bytes_moved) + _extra_bytes(layer)
+    # positional, in `Kernel`'s field order (name, kind, op_type, layers, h_in, w_in, c_in,
+    # h_out, w_out, c_out, kernel, stride, groups, pad, flops, params, bytes_moved, n_inputs,
+    # fused, batch, work_flops, work_bytes, priced): once per kernel of every graph
     return Kernel(
-        name=layer.name,
-        kind=b.kind,
-        op_type=b.op.op_type,
-        layers=tuple(b.layers),
-        h_in=h_in,
-        w_in=w_in,
-        c_in=c_in,
-        h_out=h_out,
-        w_out=w_out,
-        c_out=c_out,
-        kernel=kernel,
-        stride=stride,
-        groups=int(layer.group or 1),
-        pad=pad,
-        flops=int(layer.flops),
-        params=int(layer.params),
-        bytes_moved=int(layer.bytes_moved),
-        n_inputs=len(b.op.inputs),
-        fused=tuple(b.fused),
-        batch=max(int(batch), 1),
-        work_flops=work_flops,
-        work_bytes=work_bytes,
-        priced=b.priced,
+        layer.name,
+        b.kind,
+        b.op.op_type,
+        tuple(b.layers),
+        h_in,
+        w_in,
+        c_in,
+        h_out,
+        w_out,
+        c_out,
+        kernel,
+        stride,
+        int(layer.group or 1),
+        pad,
+        int(layer.flops),
+        int(layer.params),
+        int(layer.bytes_moved),
+        len(b.op.inputs),
+        tuple(b.fused),
+        max(int(batch), 1),
+        work_flops,
+        work_bytes,
+        b.priced,
     )
 
 
@@ -429,8 +459,14 @@ def plan(graph: Graph, runtime: str) -> KernelPlan:
     # nodes but once as the op the runtime sees.
     consumers = Counter(t for op in ops for t in dict.fromkeys(op.inputs))
     consumers.update(graph.outputs)
+    get_depth = depth.get
     for order, op in enumerate(ops):
-        d = 1 + max((depth.get(t, 0) for t in op.inputs), default=0)
+        d = 0
+        for t in op.inputs:
+            e = get_depth(t, 0)
+            if e > d:
+                d = e
+        d += 1
         for layer in op.layers:
             for out in layer.outputs:
                 depth[out] = d

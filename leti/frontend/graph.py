@@ -34,12 +34,14 @@ from leti.core.errors import (
 )
 from leti.core.records import Graph, Layer, Shape
 from leti.frontend.shapes import (
+    SAME_SHAPE_OPS,
     Consts,
     Node,
     build_layer,
     check_shape_arg,
     check_text,
     fill_unknown_shapes,
+    nodes_of,
     valid_shape,
 )
 from leti.frontend.weights import strip_constant_nodes, strip_initializers_into
@@ -51,6 +53,35 @@ ENV_MAX_GRAPH_MB = settings.MAX_GRAPH_MB
 ENV_MAX_LAYERS = settings.MAX_LAYERS
 
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | onnx.ModelProto
+
+# Ops whose output shapes leti's own rules (`leti.frontend.shapes`) compute exactly as ONNX's
+# inference does, checked on every ONNX node test case (`onnx.backend.test.case`), the light
+# models and the model zoo (tests/test_speed_paths.py). A graph of these ops only is shaped by
+# those rules alone; ONNX's inference runs when a graph has another op, or when a rule leaves a
+# tensor unknown (a Reshape whose target is computed, say), and then gives every shape it knows,
+# as it always did. One difference: a model's own shape annotations (value_info) are not read on
+# the first route, so where they contradict the ops, the ops win (ONNX's non-strict inference
+# kept the stale annotation).
+OWN_SHAPE_OPS = frozenset(
+    {
+        "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+        "GlobalMaxPool", "GlobalLpPool", "Gemm", "MatMul", "Einsum", "LSTM", "GRU", "RNN",
+        "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+        "Elu", "Selu", "Celu", "Softplus", "Softsign", "ThresholdedRelu", "Shrink", "Gelu",
+        "Mish", "Softmax", "LogSoftmax", "Hardmax", "Exp", "Log", "Sqrt", "Reciprocal", "Neg",
+        "Abs", "Ceil", "Floor", "Round", "Sign", "Sin", "Cos", "Erf", "Not", "IsNaN", "IsInf",
+        "Identity", "Cast", "CastLike", "Dropout", "LRN", "CumSum", "BatchNormalization",
+        "InstanceNormalization", "LayerNormalization", "GroupNormalization",
+        "MeanVarianceNormalization", "LpNormalization", "Add", "Sub", "Mul", "Div", "Pow",
+        "Mod", "BitShift", "Sum", "Max", "Min", "Mean", "Where", "Equal", "Greater", "Less",
+        "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Concat", "Flatten", "Reshape",
+        "Transpose", "Squeeze", "Unsqueeze", "Pad", "Slice", "Split", "Resize", "Upsample",
+        "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+        "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "QuantizeLinear",
+        "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "ConvInteger",
+        "QLinearMatMul", "MatMulInteger", "Constant", "ConstantOfShape", "Shape",
+    }
+)  # fmt: skip
 
 # Ops whose outputs are not a function of their inputs: never constant-folded.
 _NONDETERMINISTIC = frozenset(
@@ -105,6 +136,37 @@ def _load(source: Source, limit: int) -> tuple[onnx.ModelProto, bytes, str | Non
         return source, data, None
     data, stem, where = _source_bytes(source, limit)
     return _parse_bytes(data, where=where), data, stem
+
+
+class GraphBytes:
+    """A model read once: its bytes (size-checked), their SHA-256, a name hint from the file
+    name and where they came from. `parse_graph` takes one as its source (nothing is read
+    twice), and an answer cache keys on `sha256` before anything is parsed."""
+
+    __slots__ = ("data", "stem", "where", "model", "sha256")
+
+    def __init__(
+        self, data: bytes, stem: str | None, where: str, model: onnx.ModelProto | None = None
+    ) -> None:
+        self.data = data
+        self.stem = stem
+        self.where = where
+        self.model = model  # the ModelProto it was serialized from, if it was one
+        self.sha256 = hashlib.sha256(data).hexdigest()
+
+
+def read_graph(source: Source | GraphBytes, max_bytes: int | None = None) -> GraphBytes:
+    """The bytes of a model path, buffer or `ModelProto`, checked against the size limit
+    (`max_bytes`, else $LETI_MAX_GRAPH_MB) before they are read."""
+    limit = max_graph_bytes(max_bytes)
+    if isinstance(source, GraphBytes):
+        if len(source.data) > limit:
+            raise too_large(len(source.data), limit)
+        return source
+    if isinstance(source, onnx.ModelProto):
+        model, data, _ = _load(source, limit)
+        return GraphBytes(data, None, "model bytes", model)
+    return GraphBytes(*_source_bytes(source, limit))
 
 
 def _source_bytes(source: Source, limit: int) -> tuple[bytes, str | None, str]:
@@ -289,6 +351,19 @@ def _value_info_shapes(g: onnx.GraphProto) -> dict[str, Shape]:
 
 def _f32(x: float) -> float:
     """The shortest decimal that is the same float32, so alpha=0.1 reads 0.1, not 0.100000001."""
+    known = _F32.get(x)
+    if known is not None:
+        return known
+    short = _shortest_f32(x)
+    if len(_F32) < 4096 and x == x:  # a graph's epsilons and alphas repeat; NaN never matches
+        _F32[x] = short
+    return short
+
+
+_F32: dict[float, float] = {}
+
+
+def _shortest_f32(x: float) -> float:
     try:
         packed = struct.pack("<f", x)
         for digits in (6, 7, 8):
@@ -305,24 +380,33 @@ def _text(b: bytes) -> str:
 
 
 _SKIP = object()
+_INT = AttributeProto.INT
+_INTS = AttributeProto.INTS
+
+
+_FLOAT = AttributeProto.FLOAT
+_STRING = AttributeProto.STRING
+_FLOATS = AttributeProto.FLOATS
+_STRINGS = AttributeProto.STRINGS
+_UNDEFINED = AttributeProto.UNDEFINED
 
 
 def _attr_value(a: AttributeProto) -> Any:
     """Scalars and lists as plain Python values; tensors and graphs are skipped (`_SKIP`)."""
     t = a.type
-    if t == AttributeProto.INT:
+    if t == _INT:
         return a.i
-    if t == AttributeProto.FLOAT:
+    if t == _FLOAT:
         return _f32(a.f)
-    if t == AttributeProto.INTS:
+    if t == _INTS:
         return tuple(a.ints)
-    if t == AttributeProto.STRING:
+    if t == _STRING:
         return _text(a.s)
-    if t == AttributeProto.FLOATS:
+    if t == _FLOATS:
         return tuple(_f32(f) for f in a.floats)
-    if t == AttributeProto.STRINGS:
+    if t == _STRINGS:
         return tuple(_text(s) for s in a.strings)
-    if t == AttributeProto.UNDEFINED:  # very old files leave `type` unset
+    if t == _UNDEFINED:  # very old files leave `type` unset
         if len(a.ints):
             return tuple(a.ints)
         if len(a.floats):
@@ -341,11 +425,19 @@ def _attr_value(a: AttributeProto) -> Any:
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for a in node.attribute:
-        value = _attr_value(a)
-        if value is not _SKIP:
-            if type(a.name) is not str:
-                raise GraphError(f"attribute name {a.name!r} is not valid UTF-8")
-            out[a.name] = value
+        t = a.type
+        if t == _INTS:  # kernel_shape, strides, pads, ...: most attributes, read first
+            value: Any = tuple(a.ints)
+        elif t == _INT:
+            value = a.i
+        else:
+            value = _attr_value(a)
+            if value is _SKIP:
+                continue
+        name = a.name
+        if type(name) is not str:
+            raise GraphError(f"attribute name {name!r} is not valid UTF-8")
+        out[name] = value
     return out
 
 
@@ -376,13 +468,17 @@ def _constant_node_tensor(node: onnx.NodeProto) -> tuple[Shape | None, TensorPro
 def _topological(nodes: Sequence[Node], available: set[str]) -> list[int]:
     """Node indices in a valid order: the file's own order when it already is one (the norm)."""
     seen = set(available)
-    in_order = True
+    add = seen.add
     for node in nodes:
-        if any(i and i not in seen for i in node.inputs):
-            in_order = False
-            break
-        seen.update(o for o in node.outputs if o)
-    if in_order:
+        for i in node.inputs:
+            if i and i not in seen:
+                break
+        else:
+            for o in node.outputs:
+                add(o)  # "" too: no input is "", so it changes nothing
+            continue
+        break
+    else:
         return list(range(len(nodes)))
     producer: dict[str, int] = {}
     for idx, node in enumerate(nodes):
@@ -429,7 +525,7 @@ def _topological(nodes: Sequence[Node], available: set[str]) -> list[int]:
 
 
 def parse_graph(
-    source: Source,
+    source: Source | GraphBytes,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     max_bytes: int | None = None,
     max_layers: int | None = None,
@@ -443,20 +539,25 @@ def parse_graph(
     otherwise a symbolic leading batch dim becomes 1 and any other symbolic dim raises
     `SymbolicShapeError`. Raises only `LetiError` subclasses for bad input.
     """
-    limit = max_graph_bytes(max_bytes)
-    if isinstance(source, onnx.ModelProto):
-        model, data, stem = _load(source, limit)
+    read = read_graph(source, max_bytes)
+    if read.model is not None:
+        model = read.model
     else:
-        data, stem, where = _source_bytes(source, limit)
         from leti.frontend import ncnn  # ncnn builds on this module's helpers: import when used
 
-        if ncnn.is_param(data) or where.lower().endswith(".param"):
+        if ncnn.is_param(read.data) or read.where.lower().endswith(".param"):
             return ncnn.parse_param(
-                data, input_shapes, max_layers=max_layers, name=name or stem, where=where
+                read.data,
+                input_shapes,
+                max_layers=max_layers,
+                name=name or read.stem,
+                where=read.where,
             )
-        model = _parse_bytes(data, where=where)
+        model = _parse_bytes(read.data, where=read.where)
     try:
-        return _parse(model, data, stem, input_shapes or {}, max_graph_layers(max_layers), name)
+        return _parse(
+            model, read.sha256, read.stem, input_shapes or {}, max_graph_layers(max_layers), name
+        )
     except LetiError:
         raise
     except RecursionError as exc:
@@ -467,7 +568,7 @@ def parse_graph(
 
 def _parse(
     model: onnx.ModelProto,
-    data: bytes,
+    sha256: str,
     stem: str | None,
     input_shapes: Mapping[str, Sequence[int]],
     max_layers: int,
@@ -490,60 +591,129 @@ def _parse(
     check_text((vi.name for vi in g.output), "graph output")
     real_inputs = [vi for vi in g.input if vi.name not in init_names]
     concrete, changed = _resolve_inputs(real_inputs, input_shapes)
-    nodes = [Node(n) for n in g.node]
+    nodes = nodes_of(g.node)
     order = _topological(nodes, init_names | {vi.name for vi in g.input})
 
-    inferred = _onnx_shapes(_inference_model(model, concrete, keep_value_info=not changed))
-    shapes: dict[str, Shape] = {}
-    if inferred is not None:
-        shapes.update(inferred)
-    elif not changed:
-        shapes.update(_value_info_shapes(g))  # the model's own annotations are still valid
-    shapes.update(concrete)
-
+    known: dict[str, Shape] = {}  # what every route starts from: weights' dims
     consts = Consts()
-    const_names = set(init_names)
     for t in g.initializer:
         dims = valid_shape(tuple(t.dims))
         if dims is not None:
-            shapes[t.name] = dims
+            known[t.name] = dims
         consts.tensors[t.name] = t
     for sp in g.sparse_initializer:
         dims = valid_shape(tuple(sp.dims))
         if dims is not None:
-            shapes[sp.values.name] = dims
+            known[sp.values.name] = dims
 
-    layers: list[Layer] = []
-    used: set[str] = set()
-    for idx in order:
-        node = nodes[idx]
-        attrs = _attrs(node.proto)
-        _track_constants(node, attrs, shapes, consts, const_names)
-        ins = tuple(shapes.get(i) if i else None for i in node.inputs)
-        if any(o and o not in shapes for o in node.outputs):
-            fill_unknown_shapes(node, attrs, ins, consts, shapes)
-        outs = tuple(shapes.get(o) if o else None for o in node.outputs)
-
-        layer_name = node.name or f"{node.op}_{idx}"
-        if layer_name in used:
-            layer_name = f"{layer_name}_{idx}"
-            while layer_name in used:
-                layer_name += "_"
-        used.add(layer_name)
-        layers.append(
-            build_layer(
-                node.op, layer_name, node.inputs, node.outputs, attrs, ins, outs, const_names
-            )
-        )
-
+    attrs = [_attrs(node.proto) for node in nodes]
+    walked = None
+    if OWN_SHAPE_OPS.issuperset(node.op for node in nodes):
+        # leti's own rules first: ONNX's inference (a serialized copy, C++ inference, its
+        # value_info read back) only runs where they leave a tensor unknown
+        walked = _walk(nodes, order, attrs, {**concrete, **known}, consts, init_names, True)
+    if walked is None:
+        shapes: dict[str, Shape] = {}
+        inferred = _onnx_shapes(_inference_model(model, concrete, keep_value_info=not changed))
+        if inferred is not None:
+            shapes.update(inferred)
+        elif not changed:
+            shapes.update(_value_info_shapes(g))  # the model's own annotations are still valid
+        shapes.update(concrete)
+        shapes.update(known)
+        walked = _walk(nodes, order, attrs, shapes, consts, init_names, False)
+    assert walked is not None
+    layers, const_names = walked
     return Graph(
         name=name or stem or (g.name if type(g.name) is str else "") or "graph",
         layers=tuple(layers),
         inputs=tuple((vi.name, concrete[vi.name]) for vi in real_inputs),
         outputs=tuple(vi.name for vi in g.output),
         initializers=frozenset(const_names),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
     )
+
+
+def _walk(
+    nodes: Sequence[Node],
+    order: Sequence[int],
+    attrs: Sequence[dict[str, Any]],
+    shapes: dict[str, Shape],
+    consts: Consts,
+    init_names: set[str],
+    complete: bool,
+) -> tuple[list[Layer], set[str]] | None:
+    """The layers in `order`, with the shapes in `shapes` and the built-in rules for the rest
+    (a copy of `consts` gains the constants met on the way). `complete`: None as soon as a
+    node's output stays unknown (the caller then asks ONNX's inference and walks again)."""
+    const_names = set(init_names)
+    consts = Consts.copy_of(consts)
+    layers: list[Layer] = []
+    used: set[str] = set()
+    get = shapes.get
+    nondeterministic = _NONDETERMINISTIC
+    same_shape = SAME_SHAPE_OPS
+    for idx in order:
+        node = nodes[idx]
+        op = node.op
+        node_attrs = attrs[idx]
+        inputs = node.inputs
+        outputs = node.outputs
+        # Constant outputs, and outputs computed only from constants, count as weights
+        # (`_track_constants`, inlined: this loop runs once per node of every graph).
+        if op == "Constant":
+            _track_constants(node, node_attrs, shapes, consts, const_names)
+        elif op not in nondeterministic:
+            from_consts = False
+            for i in inputs:
+                if i:
+                    if i not in const_names:
+                        from_consts = False
+                        break
+                    from_consts = True
+            if from_consts:
+                const_names.update([o for o in outputs if o])
+        ins = tuple([get(i) if i else None for i in inputs])
+        if len(outputs) == 1:  # most nodes
+            o = outputs[0]
+            if o and o not in shapes:
+                if op in same_shape:  # the rule `fill_unknown_shapes` applies, inlined
+                    x = valid_shape(ins[0]) if ins else None
+                    if x is not None:
+                        shapes[o] = x
+                elif op == "ConstantOfShape" and inputs:  # likewise (light models' weights)
+                    try:
+                        x = valid_shape(consts.ints(inputs[0]))
+                    except (ArithmeticError, ValueError, IndexError, TypeError, KeyError):
+                        x = None
+                    if x is not None:
+                        shapes[o] = x
+                else:
+                    fill_unknown_shapes(node, node_attrs, ins, consts, shapes)
+                if complete and o not in shapes:
+                    return None
+            outs = (get(o) if o else None,)
+        else:
+            for o in outputs:
+                if o and o not in shapes:
+                    fill_unknown_shapes(node, node_attrs, ins, consts, shapes)
+                    if complete:
+                        for o2 in outputs:
+                            if o2 and o2 not in shapes:
+                                return None
+                    break
+            outs = tuple([get(o) if o else None for o in outputs])
+
+        layer_name = node.name or f"{op}_{idx}"
+        if layer_name in used:
+            layer_name = f"{layer_name}_{idx}"
+            while layer_name in used:
+                layer_name += "_"
+        used.add(layer_name)
+        layers.append(
+            build_layer(op, layer_name, inputs, outputs, node_attrs, ins, outs, const_names)
+        )
+    return layers, const_names
 
 
 def _track_constants(

@@ -12,6 +12,7 @@ import math
 import operator
 import struct
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from typing import Any, NamedTuple
 
 import onnx
@@ -80,32 +81,31 @@ def numel(dims: Iterable[int]) -> int:
 # ---------------------------------------------------------------------------- nodes and constants
 
 
+_FORMATS = {
+    TensorProto.INT64: ("q", 8, "int64_data"),
+    TensorProto.INT32: ("i", 4, "int32_data"),
+    TensorProto.FLOAT: ("f", 4, "float_data"),
+    TensorProto.DOUBLE: ("d", 8, "double_data"),
+}
+_EXTERNAL = TensorProto.EXTERNAL
+
+
 def _tensor_values(t: TensorProto, limit: int = 1024) -> tuple[float | int, ...] | None:
     """Values of a small int/float tensor (shape targets, axes, scales), else None."""
     n = numel(t.dims)
-    if n > limit or t.data_location == TensorProto.EXTERNAL:
+    if n > limit or t.data_location == _EXTERNAL:
         return None
-    dt = t.data_type
-    fmt = {
-        TensorProto.INT64: "q",
-        TensorProto.INT32: "i",
-        TensorProto.FLOAT: "f",
-        TensorProto.DOUBLE: "d",
-    }.get(dt)
+    fmt = _FORMATS.get(t.data_type)
     if fmt is None:
         return None
-    if t.raw_data:
-        size = struct.calcsize(fmt)
-        if len(t.raw_data) != n * size:
+    code, size, field = fmt
+    raw = t.raw_data
+    if raw:
+        if len(raw) != n * size:
             return None
-        return struct.unpack(f"<{n}{fmt}", t.raw_data)
-    field = {
-        TensorProto.INT64: t.int64_data,
-        TensorProto.INT32: t.int32_data,
-        TensorProto.FLOAT: t.float_data,
-        TensorProto.DOUBLE: t.double_data,
-    }[dt]
-    return tuple(field) if len(field) == n else None
+        return struct.unpack(f"<{n}{code}", raw)
+    values = getattr(t, field)
+    return tuple(values) if len(values) == n else None
 
 
 class Consts:
@@ -115,12 +115,19 @@ class Consts:
         self.tensors: dict[str, TensorProto] = {}
         self.literal: dict[str, tuple[float | int, ...]] = {}
 
+    @classmethod
+    def copy_of(cls, other: Consts) -> Consts:
+        new = cls()
+        new.tensors = dict(other.tensors)
+        new.literal = dict(other.literal)
+        return new
+
     def ints(self, name: str) -> tuple[int, ...] | None:
         values = self.values(name)
         if values is None:
             return None
         try:
-            return tuple(int(v) for v in values)
+            return tuple(map(int, values))
         except (ValueError, OverflowError):
             return None
 
@@ -133,18 +140,30 @@ class Consts:
         return None if t is None else _tensor_values(t)
 
 
-class Node:
-    """A NodeProto's fields read once: protobuf accessors build new objects on every access."""
+class Node(NamedTuple):
+    """A NodeProto's fields read once: protobuf accessors build new objects on every access.
+    Built by `nodes_of`, which checks that every name is text."""
 
-    __slots__ = ("op", "name", "inputs", "outputs", "proto")
+    op: str
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    proto: Any  # the onnx.NodeProto
 
-    def __init__(self, proto: onnx.NodeProto) -> None:
-        self.proto = proto
-        self.op: str = proto.op_type
-        self.name: str = proto.name
-        self.inputs: tuple[str, ...] = tuple(proto.input)
-        self.outputs: tuple[str, ...] = tuple(proto.output)
-        check_text((self.op, self.name, *self.inputs, *self.outputs), "node")
+
+def nodes_of(protos: Iterable[onnx.NodeProto]) -> list[Node]:
+    """The nodes of a graph, each field read once; a name that is not valid UTF-8 (protobuf
+    hands it back as bytes) raises GraphError."""
+    new = tuple.__new__
+    nodes = [new(Node, (p.op_type, p.name, tuple(p.input), tuple(p.output), p)) for p in protos]
+    try:  # str.join refuses anything but text, in C: one pass over every name
+        "".join([n.op + n.name for n in nodes])
+        "".join(chain.from_iterable([n.inputs for n in nodes]))
+        "".join(chain.from_iterable([n.outputs for n in nodes]))
+    except TypeError:
+        for n in nodes:
+            check_text((n.op, n.name, *n.inputs, *n.outputs), "node")
+    return nodes
 
 
 def check_text(names: Iterable[Any], where: str) -> None:
@@ -402,6 +421,9 @@ def attention_sizes(
 def _broadcast(shapes: Sequence[Shape | None]) -> Shape | None:
     if not shapes or any(s is None for s in shapes):
         return None
+    first = shapes[0]
+    if all(s == first for s in shapes):  # the usual case: nothing to broadcast
+        return tuple(first)  # type: ignore[arg-type]
     rank = max(len(s) for s in shapes)  # type: ignore[arg-type]
     out = [1] * rank
     for s in shapes:
@@ -498,7 +520,10 @@ def _infer_node(
     if op == "QLinearConcat":  # y_scale, y_zero_point, then (x, scale, zero_point) per input
         return _concat_shape(ins[2::3], attrs)
     if op == "Flatten":
-        axis = attrs.get("axis", 1) % (rank + 1) if rank else 0
+        axis = int(attrs.get("axis", 1))
+        axis = axis + rank if axis < 0 else axis  # -1 is the last axis, as in ONNX
+        if not 0 <= axis <= rank:
+            return None
         return [(numel(x[:axis]), numel(x[axis:]))]
     if op == "Reshape":
         target = consts.ints(node.inputs[1]) if len(node.inputs) > 1 else None
@@ -524,8 +549,8 @@ def _infer_node(
         new = {a % out_rank for a in axes}
         it = iter(x)
         return [tuple(1 if i in new else next(it) for i in range(out_rank))]
-    if op == "Shape":
-        return [(rank,)]
+    if op == "Shape":  # opset 15: the dims from `start` to `end`, clamped as a Python slice is
+        return [(len(range(rank)[attrs.get("start", 0) : attrs.get("end", rank)]),)]
     if op == "Pad":
         pads = attrs.get("pads") or attrs.get("paddings")
         if pads is None and len(node.inputs) > 1:
@@ -637,6 +662,8 @@ def _split_shapes(
     parts: Any = attrs.get("split")
     if parts is None and len(node.inputs) > 1 and node.inputs[1]:
         parts = consts.ints(node.inputs[1])
+        if parts is None:
+            return None  # sizes given by a tensor whose values are unknown: no guess
     if parts is None:
         if n == 0:
             return None
@@ -649,8 +676,11 @@ def _split_shapes(
 
 def valid_shape(shape: Shape | None) -> Shape | None:
     """Drop shapes a broken model (or a rule fed nonsense) could produce: negative dims."""
-    if shape is None or any(not isinstance(d, int) or d < 0 for d in shape):
+    if shape is None:
         return None
+    for d in shape:
+        if not isinstance(d, int) or d < 0:
+            return None
     return tuple(shape)
 
 
@@ -704,6 +734,16 @@ def _as_2d(
     return (1, *kernel), (1, *strides), (0, pads[0], 0, pads[1]), (1, *dilations)
 
 
+_SIZED_OPS = (
+    {"ConvTranspose", "Gemm", "FusedGemm", "Einsum", "Attention", "MultiHeadAttention"}
+    | CONV_OPS | POOL_OPS | GLOBAL_POOL_OPS | REDUCE_OPS | set(MATMUL_B_INDEX) | set(RNN_GATES)
+)  # fmt: skip
+_VARIADIC = {"LRN", "Sum", "Max", "Min", "Mean"}
+#: Ops `layer_flops` counts at one per output element by its last rule, and those it may count.
+_ONE_PER_ELEMENT = frozenset(_ELEMENTWISE - _SIZED_OPS - set(_PER_ELEMENT) - _VARIADIC)
+_COUNTED = frozenset(_SIZED_OPS | set(_PER_ELEMENT) | _VARIADIC | _ELEMENTWISE)
+
+
 def layer_flops(
     op: str,
     ins: Sequence[Shape | None],
@@ -718,6 +758,11 @@ def layer_flops(
     Every op that computes something gets a nonzero count when its shapes are known: the cost
     model prices ops it has no measurements of from these counts.
     """
+    if op in _ONE_PER_ELEMENT:  # the usual op: the last rule below, reached at once
+        y = outs[0] if outs else None
+        return numel(y) if y is not None else 0
+    if op not in _COUNTED:  # a shape op, a constant: no rule below counts anything
+        return 0
     x = ins[0] if ins else None
     y = outs[0] if outs else None
     if op == "ConvTranspose":  # every input pixel scatters a C_out/group x kernel window
@@ -809,27 +854,36 @@ def build_layer(
     for i, s in zip(inputs, ins, strict=True):
         if s is None:
             continue
+        n = 1
+        for d in s:
+            n *= d
         if i in consts:
-            params += numel(s)
+            params += n
         else:
-            moved += numel(s)
-    moved += sum(numel(s) for s in outs if s is not None)
+            moved += n
+    for s in outs:
+        if s is not None:
+            n = 1
+            for d in s:
+                n *= d
+            moved += n
+    # positional, in `Layer`'s field order: this runs once per node of every graph
     return Layer(
-        name=name,
-        op_type=op,
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        input_shapes=ins,
-        output_shapes=outs,
-        kernel_shape=kernel,
-        strides=strides,
-        pads=pads,
-        dilations=dilations,
-        group=group,
-        flops=layer_flops(op, ins, outs, attrs, kernel, group),
-        params=params,
-        bytes_moved=4 * (moved + params),
-        attrs=tuple(sorted(attrs.items())),
+        name,
+        op,
+        tuple(inputs),
+        tuple(outputs),
+        ins,
+        outs,
+        kernel,
+        strides,
+        pads,
+        dilations,
+        group,
+        layer_flops(op, ins, outs, attrs, kernel, group),
+        params,
+        4 * (moved + params),
+        tuple(sorted(attrs.items())) if attrs else (),
     )
 
 
