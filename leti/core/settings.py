@@ -20,11 +20,13 @@ MAX_GRAPH_MB = "LETI_MAX_GRAPH_MB"
 MAX_LAYERS = "LETI_MAX_LAYERS"
 MAX_UPLOAD_MB = "LETI_MAX_UPLOAD_MB"
 MAX_BATCH = "LETI_MAX_BATCH"
+CACHE_MB = "LETI_CACHE_MB"
 
 DEFAULT_MAX_GRAPH_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_LAYERS = 20_000
 DEFAULT_MAX_UPLOAD_MB = 64
 DEFAULT_MAX_BATCH = 256
+DEFAULT_CACHE_MB = 64
 
 _MIB = 1024 * 1024
 
@@ -69,6 +71,15 @@ def max_upload_mb(default: int = DEFAULT_MAX_UPLOAD_MB) -> int:
 def max_batch(default: int = DEFAULT_MAX_BATCH) -> int:
     """$LETI_MAX_BATCH: the most graphs in one batch request."""
     return _positive_int(MAX_BATCH, default)
+
+
+def cache_bytes(default_mb: float = DEFAULT_CACHE_MB) -> int:
+    """$LETI_CACHE_MB, in bytes: the most memory an estimator's answer cache holds (MiB, may be
+    fractional; 0 turns the cache off)."""
+    raw = os.environ.get(CACHE_MB, "").strip()
+    if raw in ("0", "0.0"):
+        return 0
+    return _positive_int(CACHE_MB, int(default_mb * _MIB), scale=_MIB)
 
 
 # ---------------------------------------------------------------------------- parsing

@@ -26,14 +26,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from leti.core.store import atomic_write_json
-from leti.frontend.features import KERNEL_FEATURES, kernel_features
+from leti.frontend.features import KERNEL_FEATURES, KernelTable, kernel_features, kinds
 from leti.models.regressors import KindBoosters
+
+if TYPE_CHECKING:  # frames come from training and evaluation; the request path sends tables
+    import pandas as pd
 
 #: Activations and weights move as FP16 on the GPU delegates we model.
 BYTES_PER_ELEMENT = 2
@@ -50,13 +52,16 @@ FORMAT = "leti-kernel-cost/1"
 _GLOBAL = "_all"
 
 
-def kernel_work(geometry: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def kernel_work(
+    geometry: pd.DataFrame | KernelTable, x: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features, FLOPs, bytes) of each kernel row, batch included.
 
     The work comes from the geometry (the same formulas as the features, so a measured row and
     an ONNX-derived kernel agree), times `batch`; `work_flops` / `work_bytes` (> 0) replace it
-    where the front end knows better (3-D convs, attention MatMuls, recurrent layers)."""
-    x = kernel_features(geometry)
+    where the front end knows better (3-D convs, attention MatMuls, recurrent layers). `x`: the
+    rows' `kernel_features` when the caller has them already."""
+    x = kernel_features(geometry) if x is None else x
     n = len(geometry)
     batch = _column(geometry, "batch", 1.0, n).clip(min=1)
     flops = np.expm1(x[:, 0]) * batch
@@ -71,10 +76,15 @@ def kernel_work(geometry: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndar
     return x, flops, moved
 
 
-def _column(frame: pd.DataFrame, name: str, default: float, n: int) -> np.ndarray:
+def _column(frame: pd.DataFrame | KernelTable, name: str, default: float, n: int) -> np.ndarray:
     if name not in frame:
         return np.full(n, default)
-    return pd.to_numeric(frame[name], errors="coerce").fillna(default).to_numpy(float)
+    column: Any = frame[name]
+    if isinstance(column, np.ndarray):  # a KernelTable's column: numbers already
+        return np.where(np.isnan(column), default, column)
+    import pandas as pd  # a frame of measurement rows: coerce what is not a number
+
+    return pd.to_numeric(column, errors="coerce").fillna(default).to_numpy(float)
 
 
 @dataclass
@@ -90,11 +100,13 @@ class KernelCosts(KindBoosters):
         """`hw`: anything with `fp16_gflops` and `dram_gbps` (a `Soc`, a `GpuSpec`)."""
         return cls(fp16_gflops=float(hw.fp16_gflops), dram_gbps=float(hw.dram_gbps), **params)
 
-    def analytic_ms(self, geometry: pd.DataFrame) -> np.ndarray:
+    def analytic_ms(self, geometry: pd.DataFrame | KernelTable) -> np.ndarray:
         return self._analytic(geometry)[1]
 
-    def _analytic(self, geometry: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        x, flops, moved = kernel_work(geometry)
+    def _analytic(
+        self, geometry: pd.DataFrame | KernelTable, x: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        x, flops, moved = kernel_work(geometry, x)
         compute = flops / (self.fp16_gflops * 1e6)
         memory = moved / (self.dram_gbps * 1e6)
         return x, np.maximum(compute + memory, MIN_ANALYTIC_MS)
@@ -122,33 +134,40 @@ class KernelCosts(KindBoosters):
             out[mask] = np.clip(x[mask], lo, hi)
         return out
 
-    def predict(self, geometry: pd.DataFrame) -> np.ndarray:
+    def predict(self, geometry: pd.DataFrame | KernelTable) -> np.ndarray:
         """Latency in ms of each kernel row. Pure: no state changes."""
-        if len(geometry) == 0:
-            return np.zeros(0)
-        geometry = geometry.reset_index(drop=True)
-        x, analytic = self._analytic(geometry)
-        kinds = geometry["kind"].to_numpy()
-        return analytic * np.exp(self._predict_matrix(self.clamp(x, kinds), kinds))
+        return self.price(geometry)[0]
 
-    def extrapolation(self, geometry: pd.DataFrame) -> np.ndarray:
+    def price(self, geometry: pd.DataFrame | KernelTable) -> tuple[np.ndarray, np.ndarray]:
+        """(latency in ms, `extrapolation`) of each kernel row, from one feature matrix."""
+        if len(geometry) == 0:
+            return np.zeros(0), np.zeros(0)
+        x = kernel_features(geometry)
+        kind = kinds(geometry)
+        x, analytic = self._analytic(geometry, x)
+        ms = analytic * np.exp(self._predict_matrix(self.clamp(x, kind), kind))
+        return ms, self._extrapolation(geometry, x, kind)
+
+    def extrapolation(self, geometry: pd.DataFrame | KernelTable) -> np.ndarray:
         """How far each row lies outside its kind's training range: the largest distance of a
         feature past its edge, in units of that feature's training span (0 inside), or of its
         batch past the single copies it was trained on."""
         if len(geometry) == 0:
             return np.zeros(0)
-        geometry = geometry.reset_index(drop=True)
-        x = kernel_features(geometry)
-        kinds = geometry["kind"].to_numpy()
+        return self._extrapolation(geometry, kernel_features(geometry), kinds(geometry))
+
+    def _extrapolation(
+        self, geometry: pd.DataFrame | KernelTable, x: np.ndarray, row_kinds: np.ndarray
+    ) -> np.ndarray:
         out = np.zeros(len(x))
-        for kind in set(kinds):
+        for kind in set(row_kinds):
             lo, hi = (
                 np.asarray(v, float) for v in self.ranges.get(str(kind), self.ranges[_GLOBAL])
             )
             # a feature (nearly) constant in training (every fully-connected row has h_out = 1,
             # c_out = 1000) has no span: measure distance against half its magnitude instead
             span = np.maximum(hi - lo, np.maximum(0.5 * np.maximum(abs(lo), abs(hi)), 1.0))
-            mask = kinds == kind
+            mask = row_kinds == kind
             past = np.maximum(lo - x[mask], 0) + np.maximum(x[mask] - hi, 0)
             out[mask] = (past / span)[:, _SIZE_COLUMNS].max(axis=1)
         # Training rows are single copies: a batch (or many fully-connected rows) is outside

@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.optimize import lsq_linear, nnls
-from scipy.stats import kendalltau
 
 from leti.core.store import atomic_write_json
 from leti.frontend.features import GRAPH_FEATURES
@@ -147,6 +145,8 @@ class GraphOverhead:
     ) -> np.ndarray:
         """Fit the coefficients above their floors (each at most `upper`, if given); returns
         those excesses."""
+        from scipy.optimize import lsq_linear, nnls  # fitting only: serving never loads scipy
+
         terms = structural_terms(x)
         e2e = terms[:, 0] * np.exp(np.asarray(log_ratio, float))
         floor = self.floors()
@@ -225,6 +225,8 @@ class GraphOverhead:
 def family_tau(stage: GraphCorrection, family: np.ndarray) -> float:
     """Kendall tau between the totals `stage` gives a family of graphs (graph-feature rows)
     and their kernel sums: 1 when the graph stage keeps the family's order."""
+    from scipy.stats import kendalltau  # fitting and evaluation only
+
     sums = structural_terms(family)[:, 0]
     return float(kendalltau(stage_totals(family, sums, stage), sums).statistic)
 

@@ -6,6 +6,12 @@ model that sees the kind as a feature, so no kernel is ever silently priced at 0
 
 Corrector: shallow boosted trees on graph-level features predicting log(end-to-end / kernel
 sum). Both are stored as xgboost JSON inside our own JSON documents.
+
+Fitting imports the xgboost package; loading and predicting go through libxgboost directly
+(`leti.models.boosters`), so that serving imports neither xgboost's Python layer nor what it
+imports (scipy, and scikit-learn where installed). The request path takes kernels as a
+`KernelTable` (numpy columns); training and evaluation may pass pandas frames of the same
+columns.
 """
 
 from __future__ import annotations
@@ -14,15 +20,24 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
-import xgboost as xgb
 
 from leti.core.records import KERNEL_KINDS, KernelPlan
 from leti.core.store import atomic_write_bytes, atomic_write_json
-from leti.frontend.features import GRAPH_FEATURES, graph_features, kernel_features, kernels_frame
+from leti.frontend.features import (
+    GRAPH_FEATURES,
+    KernelTable,
+    graph_features,
+    kernel_features,
+    kinds,
+)
+from leti.models.boosters import load_booster
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 KINDS = KERNEL_KINDS  # the pooled model's kind codes are indices into it: order is persisted
 _POOLED = "_pooled"
@@ -31,6 +46,23 @@ _POOLED = "_pooled"
 def kind_codes(kinds) -> np.ndarray:
     """The kind as a number, for the pooled fallback model."""
     return np.array([KINDS.index(k) if k in KINDS else -1 for k in kinds], float)
+
+
+#: From this many rows, equal rows are priced once: a batch of CNNs repeats its blocks' kernels
+#: (the 82 zoo graphs have 4209 kernels and 1556 distinct feature rows). Below, sorting the
+#: rows would cost more than it saves.
+UNIQUE_ROWS = 64
+
+
+def predict_rows(booster: Any, x: np.ndarray) -> np.ndarray:
+    """`booster.inplace_predict(x)`, equal rows predicted once. The same numbers: a tree only
+    compares feature values, and rows that compare equal follow the same paths."""
+    if len(x) < UNIQUE_ROWS:
+        return booster.inplace_predict(x)
+    distinct, back = np.unique(x, axis=0, return_inverse=True)
+    if len(distinct) == len(x):
+        return booster.inplace_predict(x)
+    return booster.inplace_predict(distinct)[back.reshape(-1)]
 
 
 @dataclass
@@ -51,7 +83,9 @@ class KindBoosters:
     n_jobs: int = 1
     min_child_weight: float = 1.0
     full_rounds_rows: int = 50  # fewer rows than this: a third of the rounds
-    boosters: dict[str, xgb.Booster] = field(default_factory=dict, repr=False)
+    # kind -> a booster with `inplace_predict` (an xgboost.Booster after a fit, a
+    # leti.models.boosters.Booster after a load)
+    boosters: dict[str, Any] = field(default_factory=dict, repr=False)
 
     raw_format = "ubj"  # xgboost's own binary JSON: a third of the text JSON's size
 
@@ -70,7 +104,9 @@ class KindBoosters:
             "verbosity": 0,
         }
 
-    def _train(self, x: np.ndarray, y: np.ndarray) -> xgb.Booster:
+    def _train(self, x: np.ndarray, y: np.ndarray) -> Any:
+        import xgboost as xgb
+
         rounds = (
             self.n_estimators
             if len(y) >= self.full_rounds_rows
@@ -92,12 +128,12 @@ class KindBoosters:
         for kind in set(kinds):
             if kind in self.boosters:
                 mask = kinds == kind
-                out[mask] = self.boosters[kind].inplace_predict(x[mask])
+                out[mask] = predict_rows(self.boosters[kind], x[mask])
                 done |= mask
         if not done.all():
             rest = ~done
             pooled = np.column_stack([x[rest], kind_codes(kinds[rest])])
-            out[rest] = self.boosters[_POOLED].inplace_predict(pooled)
+            out[rest] = predict_rows(self.boosters[_POOLED], pooled)
         return out
 
     @property
@@ -119,10 +155,7 @@ class KindBoosters:
         """Load what `save` wrote (JSON or UBJ: xgboost tells them apart from the bytes)."""
         model = cls()
         for kind, name in files.items():
-            booster = xgb.Booster()
-            booster.load_model(bytearray((Path(folder) / name).read_bytes()))
-            booster.set_param({"nthread": 1})
-            model.boosters[kind] = booster
+            model.boosters[kind] = load_booster((Path(folder) / name).read_bytes())
         return model
 
 
@@ -136,13 +169,12 @@ class KernelRegressors(KindBoosters):
         self._fit_matrix(kernel_features(geometry), y, geometry["kind"].to_numpy())
         return self
 
-    def predict(self, geometry: pd.DataFrame) -> np.ndarray:
+    def predict(self, geometry: pd.DataFrame | KernelTable) -> np.ndarray:
         """Latency in ms for each row. Pure: no state changes."""
         if len(geometry) == 0:
             return np.zeros(0)
-        geometry = geometry.reset_index(drop=True)
         x = kernel_features(geometry)
-        return np.exp(self._predict_matrix(x, geometry["kind"].to_numpy()))
+        return np.exp(self._predict_matrix(x, kinds(geometry)))
 
 
 @dataclass
@@ -161,9 +193,11 @@ class GraphCorrector:
     seed: int = 0
     constant: bool = False  # a fixed log ratio: chosen where the trees do not help (see fit)
     offset: float = 0.0
-    booster: xgb.Booster | None = field(default=None, repr=False)
+    booster: Any = field(default=None, repr=False)  # an xgboost.Booster or a boosters.Booster
 
     def fit(self, x: np.ndarray, log_ratio: np.ndarray) -> GraphCorrector:
+        import xgboost as xgb
+
         if self.constant:
             self.offset = float(np.mean(log_ratio))
             return self
@@ -203,10 +237,7 @@ class GraphCorrector:
             return cls(constant=True, offset=float(doc["offset"]))
         if doc.get("type") != "xgboost" or list(doc["features"]) != list(GRAPH_FEATURES):
             raise ValueError(f"{path}: corrector was trained with other graph features; re-fit")
-        booster = xgb.Booster()
-        booster.load_model(bytearray(json.dumps(doc["booster"]).encode()))
-        booster.set_param({"nthread": 1})
-        return cls(booster=booster)
+        return cls(booster=load_booster(json.dumps(doc["booster"]).encode()))
 
 
 class NoGraphCorrection:
@@ -220,10 +251,10 @@ class NoGraphCorrection:
 
 
 class KernelTimeModel(Protocol):
-    """Anything that prices kernel rows: `.predict(kernels frame) -> ms` (measured boosters, or
-    the transfer model bound to one GPU)."""
+    """Anything that prices kernel rows: `.predict(kernels table or frame) -> ms` (measured
+    boosters, or the transfer model bound to one GPU)."""
 
-    def predict(self, geometry: pd.DataFrame) -> np.ndarray: ...
+    def predict(self, geometry: pd.DataFrame | KernelTable) -> np.ndarray: ...
 
 
 class GraphCorrection(Protocol):
@@ -232,14 +263,13 @@ class GraphCorrection(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
 
-def kernel_batch(plans: Sequence[KernelPlan]) -> tuple[pd.DataFrame | None, list[int]]:
-    """One kernel frame for the kernels of every plan (None when there are none), and how
-    many rows each plan has: built once, priced and measured from the same frame."""
-    frames = [kernels_frame(p.kernels) for p in plans]
-    sizes = [len(f) for f in frames]
+def kernel_batch(plans: Sequence[KernelPlan]) -> tuple[KernelTable | None, list[int]]:
+    """One kernel table for the kernels of every plan (None when there are none), and how
+    many rows each plan has: built once, priced and measured from the same table."""
+    sizes = [len(p.kernels) for p in plans]
     if sum(sizes) == 0:
         return None, sizes
-    return pd.concat(frames, ignore_index=True), sizes
+    return KernelTable.of([k for p in plans for k in p.kernels]), sizes
 
 
 def split_by_plan(values: np.ndarray | Sequence[float], sizes: Sequence[int]) -> list[np.ndarray]:

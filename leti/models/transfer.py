@@ -24,15 +24,19 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from leti.core.store import atomic_write_json
-from leti.frontend.features import GRAPH_FEATURES, KERNEL_FEATURES, kernel_features
+from leti.frontend.features import GRAPH_FEATURES, KERNEL_FEATURES, kernel_features, kinds
 from leti.models.kernel_cost import BYTES_PER_ELEMENT, kernel_work
 from leti.models.regressors import KindBoosters
+
+if TYPE_CHECKING:  # training passes frames; the request path a KernelTable (numpy columns)
+    import pandas as pd
+
+    from leti.frontend.features import KernelTable
 
 TRANSFER_DIR = "transfer"
 MANIFEST = "transfer.json"
@@ -65,7 +69,9 @@ def soc_vector(hw: Hardware) -> np.ndarray:
     return np.array([np.log(fp16), np.log(bw), np.log(fp16 / bw), *fam])
 
 
-def transfer_matrix(geometry: pd.DataFrame, hw: Hardware) -> tuple[np.ndarray, np.ndarray]:
+def transfer_matrix(
+    geometry: pd.DataFrame | KernelTable, hw: Hardware
+) -> tuple[np.ndarray, np.ndarray]:
     """(features in TRANSFER_FEATURES order, log roofline ms) for every kernel row on `hw`.
 
     The features describe one copy of the kernel's geometry (what the trees were trained on);
@@ -109,12 +115,11 @@ class TransferKernels(KindBoosters):
         self._fit_matrix(np.vstack(xs), np.concatenate(ys), np.concatenate(kinds))
         return self
 
-    def predict(self, geometry: pd.DataFrame, hw: Hardware) -> np.ndarray:
+    def predict(self, geometry: pd.DataFrame | KernelTable, hw: Hardware) -> np.ndarray:
         if len(geometry) == 0:
             return np.zeros(0)
-        geometry = geometry.reset_index(drop=True)
         x, log_roof = transfer_matrix(geometry, hw)
-        return np.exp(self._predict_matrix(x, geometry["kind"].to_numpy()) + log_roof)
+        return np.exp(self._predict_matrix(x, kinds(geometry)) + log_roof)
 
     def bind(self, hw: Hardware) -> BoundKernels:
         return BoundKernels(self, hw)
@@ -127,7 +132,7 @@ class BoundKernels:
     model: TransferKernels
     hw: Any
 
-    def predict(self, geometry: pd.DataFrame) -> np.ndarray:
+    def predict(self, geometry: pd.DataFrame | KernelTable) -> np.ndarray:
         return self.model.predict(geometry, self.hw)
 
 

@@ -3,7 +3,12 @@
 Prediction runs the pipeline in one direction: graph -> kernels -> per-kernel times -> sum ->
 graph-level correction -> calibration. Which models answer is `leti.predict.registry`'s choice;
 `Estimator.load` asks it and builds itself from the answer. An Estimator is immutable after
-`load`, so one instance can serve many threads.
+`load` (its answer cache is the one thing that changes, behind a lock), so one instance can
+serve many threads.
+
+The request path imports neither pandas nor scikit-learn nor xgboost's Python package: kernels
+are priced from numpy columns (`KernelTable`) by boosters loaded through libxgboost
+(`leti.models.boosters`).
 """
 
 from __future__ import annotations
@@ -12,27 +17,29 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-import pandas as pd
 
 from leti.core import socs
 from leti.core.errors import LetiError
 from leti.core.records import Graph, KernelPlan, Layer, LayerTime, Prediction, Unsupported
+from leti.frontend.features import KernelTable, elements
 from leti.frontend.fusion import QUANTIZED_OPS
 from leti.frontend.fusion import plan as plan_kernels
-from leti.frontend.graph import parse_graph
+from leti.frontend.graph import GraphBytes, max_graph_layers, parse_graph, read_graph
 from leti.models import class_scales
 from leti.models.calibration import CalibrationMap
 from leti.models.kernel_cost import KernelCosts
 from leti.models.overhead import GraphOverhead, load_graph_stage
 from leti.models.regressors import (
     GraphCorrection,
+    GraphCorrector,
     KernelRegressors,
     KernelTimeModel,
     NoGraphCorrection,
@@ -45,6 +52,7 @@ from leti.models.regressors import (
 from leti.models.transfer import TransferModel
 from leti.models.uncertainty import widening
 from leti.predict import registry
+from leti.predict.cache import AnswerCache, shapes_key
 from leti.predict.registry import KERNEL_SUM_TOTAL, BaseChoice, ModelChoice, Total
 
 log = logging.getLogger(__name__)
@@ -70,6 +78,20 @@ class Estimator:
     #: What every answer must say about where its calibration's timings come from (a public
     #: benchmark's section, a GPU that stands in for this SoC's, borrowed timings).
     source_notes: tuple[str, ...] = ()
+    #: Answers already given, by graph bytes and options (`leti.predict.cache`): each
+    #: estimator, a `replace`d one included, starts with an empty cache of its own.
+    answers: AnswerCache = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "answers", AnswerCache())
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without its answers (a worker process starts with an empty cache)."""
+        return {k: v for k, v in self.__dict__.items() if k != "answers"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        object.__setattr__(self, "answers", AnswerCache())
 
     @classmethod
     def load(
@@ -100,9 +122,29 @@ class Estimator:
     def predict(
         self, source: GraphSource | Graph, input_shapes=None, *, max_layers: int | None = None
     ) -> Prediction:
-        """End-to-end latency of one graph; raises a LetiError subclass on bad input."""
-        graph = _graph(source, input_shapes, max_layers)
-        return self.predict_plan(plan_kernels(graph, self.runtime), graph)
+        """End-to-end latency of one graph; raises a LetiError subclass on bad input.
+
+        An answer given before for the same bytes and options comes from the answer cache."""
+        if isinstance(source, Graph):
+            return self.predict_plan(plan_kernels(source, self.runtime), source)
+        read = read_graph(source)
+        key = self._cache_key(read, input_shapes, max_layers)
+        answer = self.answers.get(key)
+        if answer is None:
+            graph = parse_graph(read, input_shapes, max_layers=max_layers)
+            answer = self.predict_plan(plan_kernels(graph, self.runtime), graph)
+            self.answers.put(key, answer)
+        return answer
+
+    def _cache_key(
+        self, read: GraphBytes, input_shapes: Any, max_layers: int | None
+    ) -> Hashable | None:
+        """What an answer depends on besides this estimator's models (None: do not cache)."""
+        shapes = shapes_key(input_shapes)
+        if shapes is None or not self.answers.max_bytes:
+            return None
+        limit = max_graph_layers(max_layers)
+        return (read.sha256, self.soc, self.runtime, self.model_version, shapes, limit)
 
     def predict_plan(self, plan: KernelPlan, graph: Graph | None = None) -> Prediction:
         """The prediction of a plan; `graph`, the one the plan was made from, gives each line
@@ -116,13 +158,24 @@ class Estimator:
     def _predict_plans(
         self, plans: Sequence[KernelPlan], graphs: Sequence[Graph | None] | None = None
     ) -> list[Prediction]:
-        """Batched: one regressor call per kernel kind and one graph-stage call for all graphs.
-        `graphs` (one per plan, or None) are what the breakdown reads shapes from."""
-        frame, rows = kernel_batch(plans)
-        split = split_by_plan(self.kernels.predict(frame) if frame is not None else (), rows)
-        distances = split_by_plan(_extrapolation(self.kernels, frame, sum(rows)), rows)
+        """Batched: one regressor call per kernel kind for all graphs. `graphs` (one per plan,
+        or None) are what the breakdown reads shapes from.
+
+        Every number is the one a batch of one gives: the kernel rows are priced row by row
+        (trees and elementwise numpy), and a linear graph stage, whose matrix product may sum
+        in another order for several rows, takes one graph at a time."""
+        table, rows = kernel_batch(plans)
+        ms, distance = _price(self.kernels, table, sum(rows))
+        split = split_by_plan(ms, rows)
+        distances = split_by_plan(distance, rows)
         x = graph_rows(plans, split)
-        totals = stage_totals(x, np.array([float(ms.sum()) for ms in split]), self.corrector)
+        sums = np.array([float(ms.sum()) for ms in split])
+        if isinstance(self.corrector, GraphCorrector) or len(plans) == 1:
+            totals = stage_totals(x, sums, self.corrector)
+        else:
+            totals = np.concatenate(
+                [stage_totals(x[i : i + 1], sums[i : i + 1], self.corrector) for i in range(len(x))]
+            )
         sizes = np.zeros(len(plans))
         if isinstance(self.corrector, GraphOverhead):
             sizes = self.corrector.size_extrapolation(x)
@@ -190,18 +243,15 @@ class Estimator:
         so that the lines add up to the total. Each line names the model's nodes it covers,
         with their activation shapes and FLOPs (read from `graph` when given) and its share."""
         nodes = _Nodes(graph)
-        layers = [
-            LayerTime(
-                k.name,
-                k.op_type,
-                "+".join((k.kind, *k.fused)),
-                float(t),
-                k.priced,
-                *nodes.lines(k.layers, k.flops),
-                share=_share(float(t), total),
+        lines = nodes.lines
+        layers = []
+        for k, t in zip(plan.kernels, ms.tolist(), strict=True):  # tolist: Python floats
+            names, ins, outs, flops = lines(k.layers, k.flops)
+            label = "+".join((k.kind, *k.fused)) if k.fused else k.kind
+            share = t / total if total else 0.0
+            layers.append(
+                LayerTime(k.name, k.op_type, label, t, k.priced, names, ins, outs, flops, share)
             )
-            for k, t in zip(plan.kernels, ms, strict=True)
-        ]
         standalone = np.zeros(0)
         if isinstance(self.corrector, GraphOverhead) and plan.overhead:
             standalone = self.corrector.standalone_ms(
@@ -275,20 +325,79 @@ class Estimator:
 
     def predict_many(
         self,
-        sources: Sequence[GraphSource],
+        sources: Sequence[GraphSource | Graph],
         input_shapes=None,
         *,
         max_layers: int | None = None,
+        workers: int = 1,
     ) -> list[Prediction | LetiError]:
         """One result per graph, in order; a bad graph yields its error, not an exception.
 
         The regressors run once for the whole batch, which is what makes NAS-sized batches fast.
+        `workers` > 1 splits the batch across that many processes (`leti.predict.workers`:
+        spawned, kept for later calls); 0 means one per core. Answers in the cache are not
+        priced again, and the others join it.
         """
-        out: list[Prediction | LetiError | None] = [None] * len(sources)
+        out: list[Any] = [None] * len(sources)
+        todo: list[tuple[int, Any, Hashable | None]] = []  # (index, source, cache key)
+        again: list[tuple[int, Hashable]] = []  # a graph met earlier in this batch
+        pending: set[Hashable] = set()
+        for i, src in enumerate(sources):
+            if isinstance(src, Graph):
+                todo.append((i, src, None))
+                continue
+            try:
+                read = read_graph(src)
+            except LetiError as exc:
+                out[i] = exc
+                continue
+            key = self._cache_key(read, input_shapes, max_layers)
+            if key is not None and key in pending:
+                again.append((i, key))
+                continue
+            hit = self.answers.get(key)
+            if hit is not None:
+                out[i] = hit
+            else:
+                todo.append((i, read, key))
+                if key is not None:
+                    pending.add(key)
+        if not todo:
+            return out
+        if workers == 0:
+            from leti.predict.workers import default_workers
+
+            workers = default_workers()
+        if workers > 1 and len(todo) > 1:
+            from leti.predict.workers import predict_in_workers
+
+            portable = [s if isinstance(s, Graph) else _portable_source(s) for _, s, _ in todo]
+            answers = predict_in_workers(self, portable, input_shapes, max_layers, workers)
+        else:
+            answers = self._predict_sources([s for _, s, _ in todo], input_shapes, max_layers)
+        first = {}
+        for (i, _, key), answer in zip(todo, answers, strict=True):
+            out[i] = answer
+            first[key] = answer
+            if not isinstance(answer, BaseException):
+                self.answers.put(key, answer)
+        for i, key in again:
+            out[i] = first[key]
+        return out
+
+    def _predict_sources(
+        self, sources: Sequence[GraphBytes | Graph], input_shapes, max_layers: int | None
+    ) -> list[Prediction | LetiError]:
+        """Parse and plan each graph, then price all of them together."""
+        out: list[Any] = [None] * len(sources)
         todo: list[tuple[int, KernelPlan, Graph]] = []
         for i, src in enumerate(sources):
             try:
-                graph = _graph(src, input_shapes, max_layers)
+                graph = (
+                    src
+                    if isinstance(src, Graph)
+                    else parse_graph(src, input_shapes, max_layers=max_layers)
+                )
                 todo.append((i, plan_kernels(graph, self.runtime), graph))
             except LetiError as exc:
                 out[i] = exc
@@ -296,13 +405,21 @@ class Estimator:
             preds = self._predict_plans([p for _, p, _ in todo], [g for _, _, g in todo])
             for (i, _, _), pred in zip(todo, preds, strict=True):
                 out[i] = pred
-        return out  # type: ignore[return-value]
+        return out
 
 
 def _graph(source: GraphSource | Graph, input_shapes, max_layers: int | None) -> Graph:
     if isinstance(source, Graph):
         return source
     return parse_graph(source, input_shapes, max_layers=max_layers)
+
+
+def _portable_source(read: GraphBytes) -> Any:
+    """What a worker process parses for a graph read here: its bytes, or the path of an ncnn
+    .param file (whose suffix tells the front end what it is)."""
+    if read.where.lower().endswith(".param"):
+        return read.where
+    return read.data
 
 
 def _share(ms: float, total: float) -> float:
@@ -325,7 +442,13 @@ class _Nodes:
         self.by_name = {la.name: la for la in graph.layers}
         const = set(graph.initializers)
         for la in graph.layers:
-            if la.op_type in _CONSTANT_OPS or not any(t and t not in const for t in la.inputs):
+            if la.op_type in _CONSTANT_OPS:
+                const.update(la.outputs)
+                continue
+            for t in la.inputs:
+                if t and t not in const:
+                    break
+            else:  # no activation input
                 const.update(la.outputs)
         self.const = const
 
@@ -334,6 +457,12 @@ class _Nodes:
     ) -> tuple[tuple[str, ...], tuple, tuple, int]:
         """(node names, input shapes, output shapes, FLOPs) of the nodes `names`; `flops` and
         empty shapes where the graph is unknown."""
+        if len(names) == 1 and names[0] in self.by_name:  # most lines: one node
+            la = self.by_name[names[0]]
+            const = self.const
+            pairs = zip(la.inputs, la.input_shapes, strict=False)
+            ins = tuple({t: shape for t, shape in pairs if t and t not in const}.values())
+            return (la.name,), ins, la.output_shapes, la.flops
         covered = [self.by_name[n] for n in names if n in self.by_name]
         if not covered and layer is not None:
             covered = [layer]
@@ -362,16 +491,22 @@ class _Nodes:
 
 def _output_elements(layer: Layer) -> float:
     shape = layer.output_shapes[0] if layer.output_shapes else None
-    return float(np.prod(shape)) if shape else 0.0
+    return elements(shape) if shape else 0.0
 
 
-def _extrapolation(kernels: KernelTimeModel, frame: pd.DataFrame | None, n: int) -> np.ndarray:
-    """Per kernel row, how far past its kind's training range (0 inside; 0 for kernel models
-    that do not know their range, e.g. the transfer model, whose interval is wide anyway)."""
+def _price(
+    kernels: KernelTimeModel, table: KernelTable | None, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ms, distance past the training range) per kernel row: one feature matrix for both where
+    the model can (`KernelCosts.price`); distance 0 for kernel models that do not know their
+    range (the transfer model, whose interval is wide anyway; trees on time)."""
+    if table is None:
+        return np.zeros(0), np.zeros(n)
+    price = getattr(kernels, "price", None)
+    if price is not None:
+        return price(table)
     measure = getattr(kernels, "extrapolation", None)
-    if measure is None or frame is None:
-        return np.zeros(n)
-    return measure(frame)
+    return kernels.predict(table), (np.zeros(n) if measure is None else measure(table))
 
 
 def _group_unsupported(plan: KernelPlan) -> tuple[Unsupported, ...]:

@@ -1,0 +1,333 @@
+"""Loaded xgboost boosters, predicting through libxgboost's C API without the xgboost package.
+
+Serving needs two things of a booster: load it from the bytes `save_raw` wrote, and predict a
+dense matrix. Importing the `xgboost` Python package for that costs ~0.3 s of cold start (it
+imports scipy), ~0.8 s more where scikit-learn is installed (it imports that too), and ~50 us of
+Python per call. This module opens the same shared library the package ships
+(`xgboost/lib/libxgboost.so`, found without importing the package) and makes the same calls
+`xgboost.Booster.load_model` and `Booster.inplace_predict` make, so the predictions are the same
+numbers (tests/test_speed_paths.py compares them bit for bit). Where the library cannot be
+opened this way, `load_booster` returns an `xgboost.Booster` as before. Training always uses
+the package (`leti.models.regressors` imports it when it fits).
+
+A call into libxgboost costs ~150 us whatever the row count (xgboost walks every tree to size
+its work before predicting). For a few rows (a graph's one fully-connected layer, its global
+pool) a booster answers from numpy arrays of its trees instead (`SmallTrees`): the same float32
+comparisons, missing values sent the same way, the leaves summed in float32 in the same order
+from the same base score; each booster checks that against the library on probe rows before it
+uses them, and keeps to the library otherwise.
+
+Fork safety: a process that forked after libgomp started its thread pool hangs at its next
+parallel region (a forked server worker loading a booster after its parent did). Loading here
+runs with one OpenMP thread for the calling thread and each booster predicts with `nthread=1`,
+so leti itself never starts that pool: a parent that preloaded its models can fork workers
+(`leti serve --workers N`). The setting is restored after each load; nothing global changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import sys
+import threading
+from typing import Any
+
+import numpy as np
+
+_LOCK = threading.Lock()
+_LIB: Any = None  # the opened library, False when it cannot be opened
+_PREDICT_CONFIG = json.dumps(
+    {
+        "type": 0,
+        "training": False,
+        "iteration_begin": 0,
+        "iteration_end": 0,
+        "missing": float("nan"),
+        "strict_shape": False,
+        "cache_id": 0,
+    }
+).encode()
+
+
+def _library_file() -> str | None:
+    """Where the xgboost package keeps its shared library (the package is not imported)."""
+    spec = importlib.util.find_spec("xgboost")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    name = {"win32": "xgboost.dll", "darwin": "libxgboost.dylib"}.get(sys.platform, "libxgboost.so")
+    for folder in spec.submodule_search_locations:
+        path = os.path.join(folder, "lib", name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def library() -> Any:
+    """The opened libxgboost (with argument types declared), or None where it cannot be."""
+    global _LIB
+    if _LIB is None:
+        with _LOCK:
+            if _LIB is None:
+                _LIB = _open() or False
+    return _LIB or None
+
+
+def _open() -> Any:
+    if os.environ.get("LETI_XGBOOST_PACKAGE"):  # escape hatch: always use the package
+        return None
+    path = _library_file()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.cdll.LoadLibrary(path)
+        lib.XGBGetLastError.restype = ctypes.c_char_p
+        vp, u64 = ctypes.c_void_p, ctypes.c_uint64
+        lib.XGBoosterCreate.argtypes = [ctypes.POINTER(vp), u64, ctypes.POINTER(vp)]
+        lib.XGBoosterFree.argtypes = [vp]
+        lib.XGBoosterSetParam.argtypes = [vp, ctypes.c_char_p, ctypes.c_char_p]
+        lib.XGBoosterLoadModelFromBuffer.argtypes = [vp, ctypes.c_void_p, u64]
+        lib.XGBoosterGetNumFeature.argtypes = [vp, ctypes.POINTER(u64)]
+        lib.XGBoosterSaveModelToBuffer.argtypes = [
+            vp,
+            ctypes.c_char_p,
+            ctypes.POINTER(u64),
+            ctypes.POINTER(ctypes.POINTER(ctypes.c_char)),
+        ]
+        lib.XGBoosterPredictFromDense.argtypes = [
+            vp,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            vp,
+            ctypes.POINTER(ctypes.POINTER(u64)),
+            ctypes.POINTER(u64),
+            ctypes.POINTER(ctypes.POINTER(ctypes.c_float)),
+        ]
+    except (OSError, AttributeError):
+        return None
+    omp = [getattr(lib, f, None) for f in ("omp_get_max_threads", "omp_set_num_threads")]
+    lib.leti_omp = omp if all(omp) else None
+    return lib
+
+
+def _check(lib: Any, rc: int) -> None:
+    if rc != 0:
+        raise ValueError(f"xgboost: {lib.XGBGetLastError().decode(errors='replace')}")
+
+
+#: Up to this many rows, a booster answers from `SmallTrees` (see the module docstring).
+SMALL_ROWS = 4
+_NO_TREES: Any = object()
+
+
+class SmallTrees:
+    """A gbtree regression model as flat numpy arrays, predicting a few rows at a time.
+
+    Every tree's nodes share one index space: `left` / `right` children (a leaf points at
+    itself), `feature`, `threshold` (float32), `default_left` for a missing value, `leaf` value.
+    All trees advance one level per step, `depth` steps."""
+
+    __slots__ = ("base", "left", "right", "feature", "threshold", "default_left", "leaf",
+                 "roots", "depth", "features")  # fmt: skip
+
+    def __init__(self, doc: dict, features: int) -> None:
+        learner = doc["learner"]
+        model = learner["gradient_booster"]
+        param = learner["learner_model_param"]
+        objective = learner.get("objective", {}).get("name")
+        if (
+            model.get("name") != "gbtree"
+            or objective != "reg:squarederror"
+            or int(param.get("num_target", 1)) != 1
+            or int(param.get("num_class", 0)) > 1
+        ):
+            raise ValueError("not a single-output squared-error gbtree")
+        self.base = np.float32(float(str(param["base_score"]).strip("[]")))
+        trees = model["model"]["trees"]
+        lefts, rights, feats, thresholds, defaults, roots = [], [], [], [], [], []
+        depth, offset = 0, 0
+        for tree in trees:
+            if any(tree.get("split_type", ())) or int(tree["tree_param"]["size_leaf_vector"]) > 1:
+                raise ValueError("categorical splits or vector leaves")
+            left = np.asarray(tree["left_children"], np.int64)
+            right = np.asarray(tree["right_children"], np.int64)
+            internal = left >= 0
+            ids = np.arange(len(left), dtype=np.int64)
+            level = np.zeros(len(left), np.int64)
+            for i in ids[internal]:  # parents come before their children
+                level[left[i]] = level[right[i]] = level[i] + 1
+            depth = max(depth, int(level.max()))
+            lefts.append(np.where(internal, left, ids) + offset)
+            rights.append(np.where(internal, right, ids) + offset)
+            feats.append(np.where(internal, np.asarray(tree["split_indices"], np.int64), 0))
+            thresholds.append(np.asarray(tree["split_conditions"], np.float32))
+            defaults.append(np.asarray(tree["default_left"], bool))
+            roots.append(offset)
+            offset += len(left)
+        self.left = np.concatenate(lefts)
+        self.right = np.concatenate(rights)
+        self.feature = np.concatenate(feats)
+        self.threshold = np.concatenate(thresholds)  # a leaf's holds its value
+        self.default_left = np.concatenate(defaults)
+        self.roots = np.asarray(roots, np.int64)
+        self.depth = depth
+        self.features = features
+        if self.feature.size and int(self.feature.max()) >= features:
+            raise ValueError("a split on a feature the model does not have")
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        xf = np.ascontiguousarray(x, np.float32)
+        n, trees = len(xf), len(self.roots)
+        node = np.tile(self.roots, n)
+        base = np.repeat(np.arange(n, dtype=np.int64) * self.features, trees)
+        flat = xf.reshape(-1)
+        missing = bool(np.isnan(flat).any())
+        for _ in range(self.depth):
+            value = flat[base + self.feature[node]]
+            go_left = value < self.threshold[node]
+            if missing:
+                go_left = np.where(np.isnan(value), self.default_left[node], go_left)
+            node = np.where(go_left, self.left[node], self.right[node])
+        leaves = self.threshold[node].reshape(n, trees)
+        # xgboost adds the trees to the base score one after another, in float32
+        start = np.full((n, 1), self.base, np.float32)
+        summed = np.cumsum(np.concatenate([start, leaves], axis=1), axis=1, dtype=np.float32)
+        return summed[:, -1]
+
+
+class Booster:
+    """A booster loaded into libxgboost: `inplace_predict(x)` as `xgboost.Booster` has it."""
+
+    __slots__ = ("_lib", "_handle", "_features", "_small")
+
+    def __init__(self, lib: Any, raw: bytes) -> None:
+        self._lib = lib
+        self._handle = ctypes.c_void_p()
+        omp = lib.leti_omp
+        before = omp[0]() if omp else 0
+        if omp:
+            omp[1](1)  # this thread's loads start no OpenMP thread pool (see the module doc)
+        try:
+            _check(lib, lib.XGBoosterCreate(None, 0, ctypes.byref(self._handle)))
+            _check(lib, lib.XGBoosterSetParam(self._handle, b"nthread", b"1"))
+            buf = ctypes.create_string_buffer(raw, len(raw))
+            _check(lib, lib.XGBoosterLoadModelFromBuffer(self._handle, buf, len(raw)))
+            _check(lib, lib.XGBoosterSetParam(self._handle, b"nthread", b"1"))
+            n = ctypes.c_uint64()
+            _check(lib, lib.XGBoosterGetNumFeature(self._handle, ctypes.byref(n)))
+            self._features = int(n.value)
+        finally:
+            if omp:
+                omp[1](before)
+        self._small: Any = None  # SmallTrees, built on the first few-row call
+
+    def _small_trees(self) -> Any:
+        """The booster as `SmallTrees` once it agrees with the library on probe rows, else
+        `_NO_TREES` (then every call goes to the library)."""
+        if self._small is None:
+            with _LOCK:
+                if self._small is None:
+                    self._small = _checked_small_trees(self)
+        return self._small
+
+    def num_features(self) -> int:
+        return self._features
+
+    def inplace_predict(self, x: np.ndarray) -> np.ndarray:
+        """float32 predictions of the rows of `x` (what `xgboost.Booster.inplace_predict`
+        answers: the same library call, with the same array and configuration)."""
+        x = np.asarray(x)
+        if x.dtype.hasobject or x.dtype in (np.float16, np.bool_):
+            x = x.astype(np.float32)
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        if x.ndim != 2 or x.shape[1] != self._features:
+            raise ValueError(
+                f"Feature shape mismatch, expected: {self._features}, got {x.shape[-1]}"
+            )
+        if 0 < len(x) <= SMALL_ROWS:
+            small = self._small_trees()
+            if small is not _NO_TREES:
+                return small.predict(x)
+        return self._library_predict(x)
+
+    def _library_predict(self, x: np.ndarray) -> np.ndarray:
+        interface = json.dumps(x.__array_interface__).encode()
+        shape = ctypes.POINTER(ctypes.c_uint64)()
+        dims = ctypes.c_uint64()
+        preds = ctypes.POINTER(ctypes.c_float)()
+        lib = self._lib
+        _check(
+            lib,
+            lib.XGBoosterPredictFromDense(
+                self._handle,
+                interface,
+                _PREDICT_CONFIG,
+                None,
+                ctypes.byref(shape),
+                ctypes.byref(dims),
+                ctypes.byref(preds),
+            ),
+        )
+        n = 1
+        for i in range(dims.value):
+            n *= int(shape[i])
+        if n == 0:
+            return np.zeros(0, np.float32)
+        out = np.ctypeslib.as_array(preds, (n,)).copy()
+        return out if dims.value == 1 else out.reshape([int(shape[i]) for i in range(dims.value)])
+
+    def save_raw(self, raw_format: str = "ubj") -> bytearray:
+        """The model as `xgboost.Booster.save_raw` writes it."""
+        lib = self._lib
+        length = ctypes.c_uint64()
+        cptr = ctypes.POINTER(ctypes.c_char)()
+        config = json.dumps({"format": raw_format}).encode()
+        _check(
+            lib,
+            lib.XGBoosterSaveModelToBuffer(
+                self._handle, config, ctypes.byref(length), ctypes.byref(cptr)
+            ),
+        )
+        return bytearray(ctypes.string_at(cptr, length.value))
+
+    def __reduce__(self) -> tuple:
+        return (load_booster, (bytes(self.save_raw("ubj")),))
+
+    def __del__(self) -> None:
+        handle = getattr(self, "_handle", None)
+        if handle is not None and handle.value:
+            with contextlib.suppress(Exception):  # at interpreter shutdown the library may be gone
+                self._lib.XGBoosterFree(handle)
+
+
+def _checked_small_trees(booster: Booster) -> Any:
+    """`SmallTrees` of `booster` if they give the library's numbers on probe rows (random
+    values over many scales, with missing ones), else `_NO_TREES`."""
+    try:
+        small = SmallTrees(json.loads(bytes(booster.save_raw("json"))), booster.num_features())
+    except (ValueError, KeyError, TypeError, IndexError):
+        return _NO_TREES
+    rng = np.random.default_rng(0)
+    probe = rng.normal(size=(256, booster.num_features()))
+    probe *= rng.choice([1e-3, 0.1, 1.0, 10.0, 1e3, 1e6], size=probe.shape)
+    probe[::7, rng.integers(booster.num_features())] = np.nan
+    want = booster._library_predict(probe)
+    got = np.concatenate([small.predict(probe[i : i + 3]) for i in range(0, len(probe), 3)])
+    return small if np.array_equal(want, got, equal_nan=True) else _NO_TREES
+
+
+def load_booster(raw: bytes | bytearray) -> Any:
+    """A booster from the bytes `save_raw` wrote (UBJ or JSON): a `Booster` through the C API,
+    or an `xgboost.Booster` where the library cannot be opened directly."""
+    lib = library()
+    if lib is not None:
+        return Booster(lib, bytes(raw))
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(raw))
+    booster.set_param({"nthread": 1})
+    return booster
