@@ -198,6 +198,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def _show_progress(args: argparse.Namespace) -> bool:
     """--progress / --no-progress, else only when stderr is a terminal."""
     flag = getattr(args, "progress", None)
@@ -260,6 +270,9 @@ def _price(args: argparse.Namespace, paths: Sequence[Path], socs: Sequence[str])
     from leti.frontend.graph import parse_graph
     from leti.predict.estimator import Estimator
 
+    if getattr(args, "jobs", 1) != 1:
+        return _price_in_workers(args, paths, socs)
+
     estimators = {}
     for soc in socs:  # a bad SoC or runtime is the caller's mistake: it stops the run
         est = Estimator.load(soc, args.runtime, args.models_dir)
@@ -296,6 +309,51 @@ def _price(args: argparse.Namespace, paths: Sequence[Path], socs: Sequence[str])
                     r.pred = answer
                 results.append(r)
     return results, [g if not isinstance(g, LetiError) else None for g in graphs]
+
+
+def _price_in_workers(args: argparse.Namespace, paths: Sequence[Path], socs: Sequence[str]):
+    """`_price` with `--jobs N`: each SoC's estimator prices the graphs in N worker processes
+    (`Estimator.predict_many(..., workers=N)`), which read and parse them too; the pool is
+    stopped after each SoC. The parent parses a graph only for a trace (its node order)."""
+    from leti.frontend.graph import parse_graph
+    from leti.predict.estimator import Estimator
+    from leti.predict.workers import default_workers, shutdown_pools
+
+    jobs = args.jobs or default_workers()
+    estimators = {}
+    for soc in socs:
+        est = Estimator.load(soc, args.runtime, args.models_dir)
+        estimators.setdefault(est.soc, est)
+    shapes = dict(args.input_shape) if args.input_shape else None
+    sources = [str(p) for p in paths]
+    step = _CHUNK * jobs * 2
+    results: list[_Priced] = []
+    priced = [False] * len(paths)
+    total = len(paths) * len(estimators)
+    with _bar(args, total=total, desc="pricing", unit="graph", leave=False) as bar:
+        for est in estimators.values():
+            answers: list[Any] = []
+            for start in range(0, len(sources), step):
+                chunk = sources[start : start + step]
+                answers += est.predict_many(chunk, shapes, workers=jobs)
+                bar.update(len(chunk))
+            shutdown_pools()
+            for i, (path, answer) in enumerate(zip(paths, answers, strict=True)):
+                r = _Priced(str(path), est.soc, est.runtime, graph_index=i)
+                if isinstance(answer, LetiError):
+                    r.error = answer
+                else:
+                    r.pred = answer
+                    priced[i] = True
+                results.append(r)
+    fmt = args.format or ("json" if args.json else "table")
+    graphs: list[Any] = []
+    for path, ok in zip(paths, priced, strict=True):
+        graph: Any = None
+        if ok:  # read and priced somewhere: a trace needs its node order, the rest only that
+            graph = parse_graph(path, shapes) if fmt == "trace" else True
+        graphs.append(graph)
+    return results, graphs
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -694,7 +752,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)"
     )
-    parser.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    parser.add_argument("--threads", type=int, default=8, help="threads per process (default 8)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes (default 1: waitress in this process; N > 1 on Linux: gunicorn forks N "
+        "workers after --preload has loaded their models)",
+    )
     parser.add_argument(
         "--models-dir",
         default=None,
@@ -714,6 +779,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads < 1:
         print("leti serve: --threads must be at least 1", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print("leti serve: --workers must be at least 1", file=sys.stderr)
+        return 2
     if not 0 <= args.port <= 65535:
         print("leti serve: --port must be 0-65535", file=sys.stderr)
         return 2
@@ -722,8 +790,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     for name in ("leti", "waitress"):  # INFO even when the CLI configured WARNING
         logging.getLogger(name).setLevel(logging.INFO)
-    from leti.service.server import build_server, run_server, server_url
+    from leti.service.server import build_server, prefork_available, run_server, server_url
 
+    if args.workers > 1 and not prefork_available():
+        print(
+            "leti serve: --workers needs gunicorn on a forking system (Linux, macOS); "
+            "serving in one process",
+            file=sys.stderr,
+        )
+    elif args.workers > 1:
+        return _serve_workers(args)
     try:
         server, app = build_server(
             args.host, args.port, args.threads, args.models_dir, args.preload
@@ -745,6 +821,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # e.g. port in use
         print(f"leti serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """`leti serve --workers N`: gunicorn's master preloads, then forks the workers."""
+    from leti.core.store import models_dir as resolve_models_dir
+    from leti.service.server import serve_workers
+
+    def ready(url: str) -> None:
+        # the same line as one process prints: tests and people read the port from it
+        print(
+            f"leti: serving on {url} ({args.workers} workers x {args.threads} threads, "
+            f"models from {resolve_models_dir(args.models_dir)})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        serve_workers(
+            args.host,
+            args.port,
+            args.workers,
+            args.threads,
+            args.models_dir,
+            args.preload,
+            on_ready=ready,
+        )
+    except LetiError as exc:
+        print(f"leti serve: {exc.message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"leti serve: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # gunicorn exits when it cannot bind or a worker cannot boot
+        return int(exc.code or 0)
     return 0
 
 
@@ -1185,6 +1296,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sum the breakdown by kernel kind (table; json and jsonl add 'groups')",
     )
     p.add_argument("--input-shape", type=_shape_arg, action="append", metavar="NAME=D1,D2,..")
+    p.add_argument(
+        "--jobs",
+        type=_non_negative_int,
+        default=1,
+        help="worker processes that read and price the graphs (default 1: this process; 0: "
+        "one per core); each SoC starts its own, about half a second each",
+    )
     _add_progress(p)
     _add_models_dir(p)
     p.set_defaults(func=cmd_predict)
@@ -1219,7 +1337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measurements_dir(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("serve", help="serve the HTTP API (waitress)")
+    p = sub.add_parser("serve", help="serve the HTTP API (waitress; gunicorn with --workers N)")
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
 

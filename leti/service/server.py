@@ -1,14 +1,23 @@
-"""The production server: one process, the Flask app behind waitress.
+"""The production server: the Flask app behind waitress (one process) or gunicorn (several).
 
 waitress is pure Python, runs on Linux, macOS and Windows, is multi-threaded and needs no C build.
 One process means the models are loaded once and shared by all worker threads (estimators are
 immutable; the cache that holds them is locked). Run it as `leti serve` or
 `python -m leti serve --port 8000` (flags and printing live in `leti.cli`).
+
+A prediction is CPU-bound Python, so one process serves about one core's worth of requests.
+`leti serve --workers N` (Linux) runs gunicorn instead: a master process builds the app and
+loads the `--preload`ed models, then forks N workers that share the listening socket, each with
+`--threads` threads (`serve_workers`). Forking after the models are loaded shares their memory
+and is safe: leti loads and prices its xgboost boosters without starting libgomp's thread pool
+(`leti.models.boosters`), the state that hangs a forked child. Each worker keeps its own answer
+cache and loads what was not preloaded on first use. The master restarts a worker that dies.
 """
 
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import os
 import queue
@@ -18,7 +27,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 log = logging.getLogger("leti.service.server")
 
@@ -62,10 +72,87 @@ def build_server(
     return server, app
 
 
+def serve_workers(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 2,
+    threads: int = 8,
+    models_dir: str | None = None,
+    preload: Sequence[str] | None = None,
+    config: dict | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve with gunicorn until stopped (SIGTERM or SIGINT: the workers finish their requests):
+    the app and the preloaded models are made here, in the master, before `workers` processes
+    are forked (gthread workers of `threads` threads each). `on_ready(url)` runs once the
+    socket listens (`port=0` picks a free one; the url has the real port). Linux and other
+    Unixes only (gunicorn forks)."""
+    from gunicorn.app.base import BaseApplication
+
+    from leti.service.app import create_app
+
+    cfg = dict(config or {})
+    if models_dir:
+        cfg["MODELS_DIR"] = models_dir
+    app = create_app(cfg)
+    st = app.extensions["leti"]
+    for spec in preload or ():
+        est = st.preload(spec)
+        log.info("preloaded %s/%s (%s)", est.soc, est.runtime, est.model_version)
+    gc.collect()
+    gc.freeze()  # what the master made stays out of the workers' collections: pages stay shared
+
+    def when_ready(arbiter: Any) -> None:
+        bound = arbiter.LISTENERS[0].sock.getsockname()
+        if on_ready is not None:
+            on_ready(_url(host, bound[1]))
+
+    options = {
+        "bind": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": 120,
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        "backlog": max(2048, workers * threads * 8),
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "leti",
+        "when_ready": when_ready,
+        # X-Forwarded-* from anyone but the load balancer in front is not trusted
+        "forwarded_allow_ips": "127.0.0.1",
+    }
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app
+
+    _Gunicorn().run()
+
+
+def _url(host: str, port: int) -> str:
+    url_host = f"[{host}]" if ":" in host else host
+    return f"http://{url_host}:{port}"
+
+
+def prefork_available() -> bool:
+    """Whether `serve_workers` can run here (gunicorn installed, a forking system)."""
+    if not hasattr(os, "fork") or sys.platform == "win32":
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("gunicorn") is not None
+
+
 def server_url(server, host: str) -> str:
     """`http://host:port` of a server from `build_server`: the real port, even with `port=0`."""
-    url_host = f"[{host}]" if ":" in host else host
-    return f"http://{url_host}:{server.effective_port}"
+    return _url(host, server.effective_port)
 
 
 def run_server(server) -> None:
@@ -111,6 +198,7 @@ class BackgroundServer:
 
     Binds port 0 (a free port, no race) and reads the real one from the start-up line. Its
     stderr is drained into `log` (the last lines), so a chatty server never blocks on a pipe.
+    `workers` > 1 runs `leti serve --workers N` (gunicorn).
     """
 
     _READY = re.compile(r"leti: serving on (http://\S+)")
@@ -122,7 +210,9 @@ class BackgroundServer:
         env: Mapping[str, str] | None = None,
         args: Sequence[str] = (),
         startup_timeout: float = 60.0,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
         self.threads = threads
         self.models_dir = models_dir
         self.env = dict(env or {})
@@ -135,6 +225,8 @@ class BackgroundServer:
     def start(self) -> BackgroundServer:
         cmd = [sys.executable, "-m", "leti", "serve", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--threads", str(self.threads), *self.args]
+        if self.workers > 1:
+            cmd += ["--workers", str(self.workers)]
         if self.models_dir:
             cmd += ["--models-dir", str(self.models_dir)]
         self.proc = subprocess.Popen(

@@ -1,0 +1,127 @@
+"""Several processes: `predict_many(..., workers=N)`, `leti predict --jobs N` and
+`leti serve --workers N` answer what one process answers, and a forked server worker starts and
+answers after the parent loaded its models (a forked process that loads an xgboost booster after
+its parent started libgomp's threads hangs: leti never starts them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from leti.predict.estimator import Estimator
+from leti.predict.workers import shutdown_pools
+from leti.service.server import BackgroundServer, prefork_available
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+@pytest.fixture(scope="module")
+def est() -> Estimator:
+    return Estimator.load("snapdragon855")
+
+
+def test_predict_many_in_workers_answers_what_one_process_does(
+    est: Estimator, light_models: list[Path], monkeypatch
+) -> None:
+    monkeypatch.setenv("LETI_CACHE_MB", "0")
+    sources = [p.read_bytes() for p in light_models] + [b"junk", str(light_models[0])]
+    one = est.predict_many(sources)
+    try:
+        two = est.predict_many(sources, workers=2)
+        again = est.predict_many(sources, workers=2)  # the pool is kept
+    finally:
+        shutdown_pools()
+    assert len(one) == len(two) == len(again) == len(sources)
+    for a, b, c in zip(one, two, again, strict=True):
+        if isinstance(a, Exception):
+            assert type(a) is type(b) is type(c) and str(a) == str(b) and a.kind == b.kind
+        else:
+            assert a == b == c
+
+
+def test_predict_jobs_gives_the_same_table(light_dir: Path) -> None:
+    graphs = [str(light_dir / n) for n in ("light_squeezenet.onnx", "light_vgg19.onnx")]
+    cmd = [sys.executable, "-m", "leti", "predict", *graphs, "missing.onnx"]
+    cmd += ["--soc", "snapdragon855,exynos9820", "--format", "jsonl"]
+    one = subprocess.run(cmd, capture_output=True, text=True)
+    two = subprocess.run([*cmd, "--jobs", "2"], capture_output=True, text=True)
+    assert one.returncode == two.returncode == 1, one.stderr + two.stderr
+    assert one.stdout == two.stdout and one.stderr == two.stderr
+    assert len([json.loads(line) for line in one.stdout.splitlines()]) == 6
+
+
+@pytest.mark.skipif(not prefork_available(), reason="gunicorn forks: Linux and macOS only")
+def test_a_forked_worker_answers_after_the_parent_loaded_models(light_dir: Path) -> None:
+    """Two gunicorn workers forked after the master preloaded snapdragon855: concurrent
+    requests all answer, those for a model no one preloaded too (loaded in a worker, after
+    the fork), the same numbers one process gives; and SIGTERM stops every process."""
+    body = (light_dir / "light_squeezenet.onnx").read_bytes()
+    want = {
+        soc: Estimator.load(soc).predict(body).to_dict(layers=False)
+        for soc in ("snapdragon855", "exynos9820")
+    }
+    srv = BackgroundServer(workers=2, threads=4, args=["--preload", "snapdragon855"])
+    with srv:
+        assert "2 workers" in "\n".join(srv.log)
+
+        def ask(i: int) -> dict:
+            soc = ("snapdragon855", "exynos9820")[i % 2]
+            r = requests.post(
+                f"{srv.url}/predict?soc={soc}&layers=false", data=body, headers=OCTET, timeout=60
+            )
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(24)))
+        for answer in answers:
+            assert answer == want[answer["soc"]]
+        pids = _children(srv.proc.pid)
+        assert len(pids) >= 2, pids
+    assert srv.proc.returncode is not None
+    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "workers outlived the master"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        raw = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+        raw = out.stdout
+    return [int(p) for p in raw.split()]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_loads_and_predicts_after_the_parent_did(est: Estimator) -> None:
+    """The hang itself: a child forked after this process loaded boosters loads another one
+    and predicts, within seconds."""
+    code = (
+        "import os, sys, time\n"
+        "from leti.predict.estimator import Estimator\n"
+        "from tests.plausibility_graphs import separable_net\n"
+        "assert Estimator.load('snapdragon855').predict(separable_net()).total_ms > 0\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    e = Estimator.load('exynos9820')\n"
+        "    assert e.predict(separable_net()).total_ms > 0\n"
+        "    os._exit(0)\n"
+        "for _ in range(300):\n"
+        "    done, status = os.waitpid(pid, os.WNOHANG)\n"
+        "    if done:\n"
+        "        sys.exit(os.waitstatus_to_exitcode(status))\n"
+        "    time.sleep(0.1)\n"
+        "os.kill(pid, 9)\n"
+        "sys.exit('the forked child hung')\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
