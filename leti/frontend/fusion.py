@@ -126,16 +126,9 @@ class _Building:
 _FOLDED_AT_CONVERSION = frozenset({"Constant", "Shape", "ConstantOfShape", "Size"})
 
 
-def _index(graph: Graph) -> tuple[dict[str, int], set[str]]:
-    """Reader counts per tensor (absent: none), and the tensors computed from constants only."""
-    consumers: dict[str, int] = {}
-    get = consumers.get
-    for layer in graph.layers:
-        for t in layer.inputs:
-            if t:
-                consumers[t] = get(t, 0) + 1
-    for out in graph.outputs:
-        consumers[out] = get(out, 0) + 1
+def _index(graph: Graph) -> tuple[dict[str, int], dict[str, list[Layer]], set[str]]:
+    """The tensors computed from constants only, and for every other tensor its reader count
+    (absent: none) and its readers (the patterns below only ever ask about activations)."""
     const = set(graph.initializers)
     for layer in graph.layers:
         if layer.op_type in _FOLDED_AT_CONVERSION:
@@ -146,19 +139,27 @@ def _index(graph: Graph) -> tuple[dict[str, int], set[str]]:
                 break
         else:  # no runtime input
             const.update(layer.outputs)
-    return consumers, const
+    consumers: dict[str, int] = {}
+    users: dict[str, list[Layer]] = {}
+    get = consumers.get
+    for layer in graph.layers:
+        for t in layer.inputs:
+            if t and t not in const:
+                consumers[t] = get(t, 0) + 1
+                readers = users.get(t)
+                if readers is None:
+                    users[t] = [layer]
+                else:
+                    readers.append(layer)
+    for out in graph.outputs:
+        consumers[out] = get(out, 0) + 1
+    return consumers, users, const
 
 
 def _canonical_ops(graph: Graph) -> list[_Op]:
-    consumers, const = _index(graph)
+    consumers, users, const = _index(graph)
     absorbed: set[str] = set()
     ops: list[_Op] = []
-
-    users: dict[str, list[Layer]] = {}
-    for layer in graph.layers:
-        for t in layer.inputs:
-            if t:
-                users.setdefault(t, []).append(layer)
 
     def sole_consumer(tensor: str) -> Layer | None:
         readers = users.get(tensor, [])

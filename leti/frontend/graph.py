@@ -382,6 +382,7 @@ def _text(b: bytes) -> str:
 _SKIP = object()
 _INT = AttributeProto.INT
 _INTS = AttributeProto.INTS
+_TENSOR = AttributeProto.TENSOR
 
 
 _FLOAT = AttributeProto.FLOAT
@@ -430,6 +431,8 @@ def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
             value: Any = tuple(a.ints)
         elif t == _INT:
             value = a.i
+        elif t == _TENSOR:  # a Constant's or ConstantOfShape's value: never an attribute here
+            continue
         else:
             value = _attr_value(a)
             if value is _SKIP:

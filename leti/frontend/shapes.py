@@ -146,8 +146,8 @@ class Node(NamedTuple):
 
     op: str
     name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
+    inputs: Sequence[str]  # lists: slicing a repeated field is twice as fast as tuple() of it
+    outputs: Sequence[str]
     proto: Any  # the onnx.NodeProto
 
 
@@ -155,7 +155,7 @@ def nodes_of(protos: Iterable[onnx.NodeProto]) -> list[Node]:
     """The nodes of a graph, each field read once; a name that is not valid UTF-8 (protobuf
     hands it back as bytes) raises GraphError."""
     new = tuple.__new__
-    nodes = [new(Node, (p.op_type, p.name, tuple(p.input), tuple(p.output), p)) for p in protos]
+    nodes = [new(Node, (p.op_type, p.name, p.input[:], p.output[:], p)) for p in protos]
     try:  # str.join refuses anything but text, in C: one pass over every name
         "".join([n.op + n.name for n in nodes])
         "".join(chain.from_iterable([n.inputs for n in nodes]))

@@ -10,12 +10,13 @@ numbers (tests/test_speed_paths.py compares them bit for bit). Where the library
 opened this way, `load_booster` returns an `xgboost.Booster` as before. Training always uses
 the package (`leti.models.regressors` imports it when it fits).
 
-A call into libxgboost costs ~150 us whatever the row count (xgboost walks every tree to size
-its work before predicting). For a few rows (a graph's one fully-connected layer, its global
-pool) a booster answers from numpy arrays of its trees instead (`SmallTrees`): the same float32
-comparisons, missing values sent the same way, the leaves summed in float32 in the same order
-from the same base score; each booster checks that against the library on probe rows before it
-uses them, and keeps to the library otherwise.
+A call into libxgboost costs 150-500 us whatever the row count (xgboost walks every tree to
+size its work before predicting, slower once the front end has pushed its trees out of the CPU
+caches). For a few rows (a graph's distinct kernels of one kind, up to `SMALL_ROWS`) a booster
+answers from numpy arrays of its trees instead (`SmallTrees`): the same float32 comparisons,
+missing values sent the same way, the leaves summed in float32 in the same order from the same
+base score; each booster checks that against the library on probe rows before it uses them,
+and keeps to the library otherwise. Batches (`predict_many`) go to the library.
 
 Fork safety: a process that forked after libgomp started its thread pool hangs at its next
 parallel region (a forked server worker loading a booster after its parent did). Loading here
@@ -117,20 +118,23 @@ def _check(lib: Any, rc: int) -> None:
         raise ValueError(f"xgboost: {lib.XGBGetLastError().decode(errors='replace')}")
 
 
-#: Up to this many rows, a booster answers from `SmallTrees` (see the module docstring).
-SMALL_ROWS = 4
+#: Up to this many rows, a booster answers from `SmallTrees` (see the module docstring): on a
+#: graph's kernels, with the library's code and trees out of the CPU caches after the front end
+#: ran, numpy is the faster up to 20-30 rows of a 300-tree booster.
+SMALL_ROWS = 24
 _NO_TREES: Any = object()
 
 
 class SmallTrees:
     """A gbtree regression model as flat numpy arrays, predicting a few rows at a time.
 
-    Every tree's nodes share one index space: `left` / `right` children (a leaf points at
-    itself), `feature`, `threshold` (float32), `default_left` for a missing value, `leaf` value.
-    All trees advance one level per step, `depth` steps."""
+    Every tree's nodes share one index space. A node goes to `left` when its feature value is
+    below its float32 `threshold` (or is missing and `default_left`), else to `left + 1`: xgboost
+    allocates a node's children together. A leaf points at itself with an infinite threshold,
+    and holds its value in `leaf`. All trees advance one level per step, `depth` steps."""
 
-    __slots__ = ("base", "left", "right", "feature", "threshold", "default_left", "leaf",
-                 "roots", "depth", "features")  # fmt: skip
+    __slots__ = ("base", "left", "feature", "threshold", "default_left", "internal", "leaf",
+                 "roots", "depth", "features", "_offsets")  # fmt: skip
 
     def __init__(self, doc: dict, features: int) -> None:
         learner = doc["learner"]
@@ -146,7 +150,7 @@ class SmallTrees:
             raise ValueError("not a single-output squared-error gbtree")
         self.base = np.float32(float(str(param["base_score"]).strip("[]")))
         trees = model["model"]["trees"]
-        lefts, rights, feats, thresholds, defaults, roots = [], [], [], [], [], []
+        lefts, feats, thresholds, defaults, leaves, roots, inner = [], [], [], [], [], [], []
         depth, offset = 0, 0
         for tree in trees:
             if any(tree.get("split_type", ())) or int(tree["tree_param"]["size_leaf_vector"]) > 1:
@@ -154,43 +158,66 @@ class SmallTrees:
             left = np.asarray(tree["left_children"], np.int64)
             right = np.asarray(tree["right_children"], np.int64)
             internal = left >= 0
+            if not np.array_equal(right[internal], left[internal] + 1):
+                raise ValueError("children not side by side")
             ids = np.arange(len(left), dtype=np.int64)
             level = np.zeros(len(left), np.int64)
             for i in ids[internal]:  # parents come before their children
                 level[left[i]] = level[right[i]] = level[i] + 1
             depth = max(depth, int(level.max()))
+            condition = np.asarray(tree["split_conditions"], np.float32)
             lefts.append(np.where(internal, left, ids) + offset)
-            rights.append(np.where(internal, right, ids) + offset)
             feats.append(np.where(internal, np.asarray(tree["split_indices"], np.int64), 0))
-            thresholds.append(np.asarray(tree["split_conditions"], np.float32))
+            thresholds.append(np.where(internal, condition, np.float32(np.inf)))
             defaults.append(np.asarray(tree["default_left"], bool))
+            inner.append(internal)
+            leaves.append(np.where(internal, np.float32(0), condition))  # a leaf's value
             roots.append(offset)
             offset += len(left)
         self.left = np.concatenate(lefts)
-        self.right = np.concatenate(rights)
         self.feature = np.concatenate(feats)
-        self.threshold = np.concatenate(thresholds)  # a leaf's holds its value
+        self.threshold = np.concatenate(thresholds).astype(np.float32)
         self.default_left = np.concatenate(defaults)
+        self.internal = np.concatenate(inner)
+        self.leaf = np.concatenate(leaves).astype(np.float32)
         self.roots = np.asarray(roots, np.int64)
         self.depth = depth
         self.features = features
+        self._offsets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.feature.size and int(self.feature.max()) >= features:
             raise ValueError("a split on a feature the model does not have")
 
+    def _start(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(every tree's root, for each of n rows; each entry's row offset in the flat x)."""
+        known = self._offsets.get(n)
+        if known is None:
+            trees = len(self.roots)
+            rows = np.repeat(np.arange(n, dtype=np.int64) * self.features, trees)
+            known = (np.tile(self.roots, n), rows)
+            if len(self._offsets) < 64:
+                self._offsets[n] = known
+        return known
+
     def predict(self, x: np.ndarray) -> np.ndarray:
-        xf = np.ascontiguousarray(x, np.float32)
-        n, trees = len(xf), len(self.roots)
-        node = np.tile(self.roots, n)
-        base = np.repeat(np.arange(n, dtype=np.int64) * self.features, trees)
-        flat = xf.reshape(-1)
-        missing = bool(np.isnan(flat).any())
-        for _ in range(self.depth):
-            value = flat[base + self.feature[node]]
-            go_left = value < self.threshold[node]
-            if missing:
-                go_left = np.where(np.isnan(value), self.default_left[node], go_left)
-            node = np.where(go_left, self.left[node], self.right[node])
-        leaves = self.threshold[node].reshape(n, trees)
+        with np.errstate(over="ignore"):  # as xgboost: beyond float32's range is infinite
+            flat = np.ascontiguousarray(x, np.float32).reshape(-1)
+        n = len(flat) // self.features
+        roots, rows = self._start(n)
+        node = roots
+        if np.isfinite(flat).all():  # a leaf's infinite threshold keeps every value there
+            feature, threshold, left = self.feature, self.threshold, self.left
+            for _ in range(self.depth):
+                go_right = flat[rows + feature[node]] >= threshold[node]
+                node = left[node] + go_right
+        else:  # a missing value takes its node's default way, +inf goes right of anything
+            internal, default_left = self.internal, self.default_left
+            for _ in range(self.depth):
+                value = flat[rows + self.feature[node]]
+                go_left = np.where(
+                    np.isnan(value), default_left[node], value < self.threshold[node]
+                )
+                node = self.left[node] + (internal[node] & ~go_left)
+        leaves = self.leaf[node].reshape(n, len(self.roots))
         # xgboost adds the trees to the base score one after another, in float32
         start = np.full((n, 1), self.base, np.float32)
         summed = np.cumsum(np.concatenate([start, leaves], axis=1), axis=1, dtype=np.float32)
@@ -311,11 +338,14 @@ def _checked_small_trees(booster: Booster) -> Any:
     except (ValueError, KeyError, TypeError, IndexError):
         return _NO_TREES
     rng = np.random.default_rng(0)
-    probe = rng.normal(size=(256, booster.num_features()))
-    probe *= rng.choice([1e-3, 0.1, 1.0, 10.0, 1e3, 1e6], size=probe.shape)
-    probe[::7, rng.integers(booster.num_features())] = np.nan
+    n = booster.num_features()
+    probe = rng.normal(size=(256, n)) * rng.choice([1e-3, 0.1, 1.0, 10.0, 1e3, 1e6], size=(256, n))
+    wild = probe[128:]  # the second half with missing, infinite and out-of-float32 values
+    wild[::7, rng.integers(n)] = np.nan
+    wild[3::11, rng.integers(n)] = np.inf
+    wild[5::13, rng.integers(n)] = -1e300
     want = booster._library_predict(probe)
-    got = np.concatenate([small.predict(probe[i : i + 3]) for i in range(0, len(probe), 3)])
+    got = np.concatenate([small.predict(probe[i : i + 16]) for i in range(0, len(probe), 16)])
     return small if np.array_equal(want, got, equal_nan=True) else _NO_TREES
 
 

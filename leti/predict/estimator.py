@@ -473,19 +473,23 @@ class _Nodes:
             pairs = zip(la.inputs, la.input_shapes, strict=False)
             ins = tuple({t: shape for t, shape in pairs if t and t not in self.const}.values())
             return (la.name,), ins, la.output_shapes, la.flops
-        produced = {t for la in covered for t in la.outputs}
-        seen: set[str] = set()
+        produced: set[str] = set()
+        flops_sum = 0
+        for la in covered:
+            produced.update(la.outputs)
+            flops_sum += la.flops
+        const = self.const
         inputs = []
         for la in covered:
             for t, shape in zip(la.inputs, la.input_shapes, strict=False):
-                if t and t not in produced and t not in self.const and t not in seen:
-                    seen.add(t)
+                if t and t not in produced and t not in const:
+                    produced.add(t)  # listed once
                     inputs.append(shape)
         return (
             tuple(la.name for la in covered),
             tuple(inputs),
             tuple(covered[-1].output_shapes),
-            int(sum(la.flops for la in covered)),
+            int(flops_sum),
         )
 
 
