@@ -12,20 +12,10 @@ from leti.cli import main as cli_main
 from leti.core.records import LayerTime
 from leti.predict.estimator import OVERHEAD_LAYER, Estimator
 from tests.helpers import light
+from tests.test_ncnn import TINY
 
 # an ncnn graph (the names are ncnn's layer names): conv+relu, depthwise+clip, a residual add
-TINY_PARAM = """7767517
-9 10
-Input            data     0 1 data 0=32 1=32 2=3
-Convolution      conv1    1 1 data c1 0=16 1=3 4=1 5=1 6=432 9=1
-Split            split0   1 2 c1 c1_0 c1_1
-ConvolutionDepthWise dw   1 1 c1_0 d1 0=16 1=3 3=2 4=1 5=1 6=144 7=16 9=3 -23310=2,0.0,6.0
-Pooling          pool1    1 1 c1_1 p1 0=0 1=3 2=2
-Eltwise          add      2 1 d1 p1 s1 0=1
-BatchNorm        bn       1 1 s1 b1 0=16
-Pooling          gap      1 1 b1 g1 0=1 4=1
-InnerProduct     fc       1 1 g1 out 0=10 1=1 2=160
-"""
+TINY_PARAM = TINY
 
 
 def _graph(path):
