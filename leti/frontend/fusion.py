@@ -259,8 +259,12 @@ def _dims(shape) -> tuple[int, int, int]:
 def _spatial(shape: Shape | None) -> tuple[int, int, int, int]:
     """(C, H, W, D) of a conv or pool activation: NCHW, NCL as in `_dims`, or NCDHW as D frames
     of H x W (the kernel record describes one frame; the frames multiply its batch)."""
-    if shape and len(shape) == 5:
-        return int(shape[1]), int(shape[3]), int(shape[4]), int(shape[2])
+    if shape:
+        n = len(shape)
+        if n == 4:  # NCHW: most kernels
+            return int(shape[1]), int(shape[2]), int(shape[3]), 1
+        if n == 5:
+            return int(shape[1]), int(shape[3]), int(shape[4]), int(shape[2])
     return (*_dims(shape), 1)
 
 

@@ -143,7 +143,7 @@ class GraphBytes:
     name and where they came from. `parse_graph` takes one as its source (nothing is read
     twice), and an answer cache keys on `sha256` before anything is parsed."""
 
-    __slots__ = ("data", "stem", "where", "model", "sha256")
+    __slots__ = ("data", "stem", "where", "model", "_sha256")
 
     def __init__(
         self, data: bytes, stem: str | None, where: str, model: onnx.ModelProto | None = None
@@ -152,7 +152,14 @@ class GraphBytes:
         self.stem = stem
         self.where = where
         self.model = model  # the ModelProto it was serialized from, if it was one
-        self.sha256 = hashlib.sha256(data).hexdigest()
+        self._sha256: str | None = None
+
+    @property
+    def sha256(self) -> str:
+        """The bytes' SHA-256 (hex), computed once, when first asked for."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.data).hexdigest()
+        return self._sha256
 
 
 def read_graph(source: Source | GraphBytes, max_bytes: int | None = None) -> GraphBytes:
@@ -681,7 +688,7 @@ def _walk(
             o = outputs[0]
             if o and o not in shapes:
                 if op in same_shape:  # the rule `fill_unknown_shapes` applies, inlined
-                    x = valid_shape(ins[0]) if ins else None
+                    x = ins[0] if ins else None  # every shape in `shapes` is a valid one
                     if x is not None:
                         shapes[o] = x
                 elif op == "ConstantOfShape" and inputs:  # likewise (light models' weights)

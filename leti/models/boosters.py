@@ -137,6 +137,7 @@ class SmallTrees:
                  "roots", "depth", "features", "_offsets")  # fmt: skip
 
     def __init__(self, doc: dict, features: int) -> None:
+        """`doc`: the model as `save_raw` writes it, read by `read_ubj` (or `json.loads`)."""
         learner = doc["learner"]
         model = learner["gradient_booster"]
         param = learner["learner_model_param"]
@@ -150,38 +151,44 @@ class SmallTrees:
             raise ValueError("not a single-output squared-error gbtree")
         self.base = np.float32(float(str(param["base_score"]).strip("[]")))
         trees = model["model"]["trees"]
-        lefts, feats, thresholds, defaults, leaves, roots, inner = [], [], [], [], [], [], []
-        depth, offset = 0, 0
+        if not trees:
+            raise ValueError("no trees")
         for tree in trees:
-            if any(tree.get("split_type", ())) or int(tree["tree_param"]["size_leaf_vector"]) > 1:
+            if np.any(np.asarray(tree.get("split_type", ()))) or (
+                int(tree["tree_param"]["size_leaf_vector"]) > 1
+            ):
                 raise ValueError("categorical splits or vector leaves")
-            left = np.asarray(tree["left_children"], np.int64)
-            right = np.asarray(tree["right_children"], np.int64)
-            internal = left >= 0
-            if not np.array_equal(right[internal], left[internal] + 1):
-                raise ValueError("children not side by side")
-            ids = np.arange(len(left), dtype=np.int64)
-            level = np.zeros(len(left), np.int64)
-            for i in ids[internal]:  # parents come before their children
-                level[left[i]] = level[right[i]] = level[i] + 1
-            depth = max(depth, int(level.max()))
-            condition = np.asarray(tree["split_conditions"], np.float32)
-            lefts.append(np.where(internal, left, ids) + offset)
-            feats.append(np.where(internal, np.asarray(tree["split_indices"], np.int64), 0))
-            thresholds.append(np.where(internal, condition, np.float32(np.inf)))
-            defaults.append(np.asarray(tree["default_left"], bool))
-            inner.append(internal)
-            leaves.append(np.where(internal, np.float32(0), condition))  # a leaf's value
-            roots.append(offset)
-            offset += len(left)
-        self.left = np.concatenate(lefts)
-        self.feature = np.concatenate(feats)
-        self.threshold = np.concatenate(thresholds).astype(np.float32)
-        self.default_left = np.concatenate(defaults)
-        self.internal = np.concatenate(inner)
-        self.leaf = np.concatenate(leaves).astype(np.float32)
-        self.roots = np.asarray(roots, np.int64)
-        self.depth = depth
+
+        def joined(key: str, dtype: Any) -> np.ndarray:
+            return np.concatenate([np.asarray(t[key], dtype) for t in trees])
+
+        sizes = np.array([len(t["left_children"]) for t in trees], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        offset = np.repeat(offsets, sizes)
+        left = joined("left_children", np.int64)
+        right = joined("right_children", np.int64)
+        internal = left >= 0
+        if not np.array_equal(right[internal], left[internal] + 1):
+            raise ValueError("children not side by side")
+        ids = np.arange(len(left), dtype=np.int64)
+        condition = joined("split_conditions", np.float32)
+        self.left = np.where(internal, left + offset, ids)
+        self.feature = np.where(internal, joined("split_indices", np.int64), 0)
+        self.threshold = np.where(internal, condition, np.float32(np.inf)).astype(np.float32)
+        self.default_left = joined("default_left", np.int64) != 0
+        self.internal = internal
+        self.leaf = np.where(internal, np.float32(0), condition).astype(np.float32)
+        self.roots = offsets.astype(np.int64)
+        # depth: how many times a node's parent can be taken before the root is reached
+        parent = np.full(len(left), -1, np.int64)
+        parent[self.left[internal]] = ids[internal]
+        parent[self.left[internal] + 1] = ids[internal]
+        level = np.zeros(len(left), np.int64)
+        above = parent
+        while (above >= 0).any():
+            level += above >= 0
+            above = np.where(above >= 0, parent[above], -1)
+        self.depth = int(level.max())
         self.features = features
         self._offsets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if self.feature.size and int(self.feature.max()) >= features:
@@ -262,6 +269,11 @@ class Booster:
     def num_features(self) -> int:
         return self._features
 
+    def prepare(self) -> None:
+        """Build the numpy trees now rather than on the first few-row call (a server's master
+        does, so that the workers it forks share them)."""
+        self._small_trees()
+
     def inplace_predict(self, x: np.ndarray) -> np.ndarray:
         """float32 predictions of the rows of `x` (what `xgboost.Booster.inplace_predict`
         answers: the same library call, with the same array and configuration)."""
@@ -330,12 +342,111 @@ class Booster:
                 self._lib.XGBoosterFree(handle)
 
 
+_UBJ_NUMBERS = {
+    ord("i"): ">i1", ord("U"): "u1", ord("I"): ">i2", ord("l"): ">i4", ord("L"): ">i8",
+    ord("d"): ">f4", ord("D"): ">f8",
+}  # fmt: skip
+
+
+def read_ubj(data: bytes) -> Any:
+    """A Universal Binary JSON document (what xgboost's `save_raw("ubj")` writes) as Python
+    values; typed numeric arrays become numpy arrays. Enough of the format for xgboost models:
+    objects, arrays (typed, counted or not), numbers, strings, booleans, null. A typed array is a
+    read-only big-endian view of `data`."""
+    buf = memoryview(data)
+    pos = 0
+
+    def number(marker: int) -> Any:
+        nonlocal pos
+        dtype = np.dtype(_UBJ_NUMBERS[marker])
+        value = np.frombuffer(buf, dtype, 1, pos)[0]
+        pos += dtype.itemsize
+        return float(value) if dtype.kind == "f" else int(value)
+
+    def count() -> int:
+        nonlocal pos
+        marker = buf[pos]
+        pos += 1
+        return number(marker)
+
+    def text() -> str:
+        nonlocal pos
+        n = count()
+        out = bytes(buf[pos : pos + n]).decode("utf-8")
+        pos += n
+        return out
+
+    def value(marker: int) -> Any:
+        nonlocal pos
+        if marker in _UBJ_NUMBERS:
+            return number(marker)
+        if marker == ord("S") or marker == ord("H"):
+            return text()
+        if marker == ord("C"):
+            pos += 1
+            return chr(buf[pos - 1])
+        if marker == ord("T"):
+            return True
+        if marker == ord("F"):
+            return False
+        if marker == ord("Z"):
+            return None
+        if marker == ord("{"):
+            return obj()
+        if marker == ord("["):
+            return arr()
+        raise ValueError(f"UBJ marker {chr(marker)!r} at {pos - 1}")
+
+    def obj() -> dict:
+        nonlocal pos
+        out = {}
+        while True:
+            if buf[pos] == ord("}"):
+                pos += 1
+                return out
+            key = text()
+            pos += 1
+            out[key] = value(buf[pos - 1])
+
+    def arr() -> Any:
+        nonlocal pos
+        kind = None
+        if buf[pos] == ord("$"):
+            kind = buf[pos + 1]
+            pos += 2
+        if buf[pos] == ord("#"):
+            pos += 1
+            n = count()
+            if kind in _UBJ_NUMBERS:
+                dtype = np.dtype(_UBJ_NUMBERS[kind])
+                out = np.frombuffer(buf, dtype, n, pos)  # big-endian, read-only: a view
+                pos += n * dtype.itemsize
+                return out
+            items = []
+            for _ in range(n):
+                if kind is None:
+                    pos += 1
+                    items.append(value(buf[pos - 1]))
+                else:
+                    items.append(value(kind))
+            return items
+        items = []
+        while buf[pos] != ord("]"):
+            pos += 1
+            items.append(value(buf[pos - 1]))
+        pos += 1
+        return items
+
+    pos = 1
+    return value(buf[0])
+
+
 def _checked_small_trees(booster: Booster) -> Any:
     """`SmallTrees` of `booster` if they give the library's numbers on probe rows (random
     values over many scales, with missing ones), else `_NO_TREES`."""
     try:
-        small = SmallTrees(json.loads(bytes(booster.save_raw("json"))), booster.num_features())
-    except (ValueError, KeyError, TypeError, IndexError):
+        small = SmallTrees(read_ubj(bytes(booster.save_raw("ubj"))), booster.num_features())
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
         return _NO_TREES
     rng = np.random.default_rng(0)
     n = booster.num_features()

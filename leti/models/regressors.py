@@ -138,6 +138,11 @@ class KindBoosters:
             out[rest] = predict_rows(self.boosters[_POOLED], pooled)
         return out
 
+    def prepare(self) -> None:
+        """Everything a first prediction would build (`Booster.prepare`), built now."""
+        for booster in self.boosters.values():
+            getattr(booster, "prepare", lambda: None)()
+
     @property
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for k in self.boosters if k != _POOLED)

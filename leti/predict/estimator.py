@@ -136,6 +136,16 @@ class Estimator:
             self.answers.put(key, answer)
         return answer
 
+    def warm_up(self) -> Estimator:
+        """Build now what the first predictions would (the boosters' numpy trees): a server
+        does it before it forks its workers, which then share them. Returns self."""
+        for part in (self.kernels, getattr(self.kernels, "model", None), self.corrector):
+            for thing in (part, getattr(part, "booster", None)):
+                prepare = getattr(thing, "prepare", None)
+                if callable(prepare):
+                    prepare()
+        return self
+
     def _cache_key(
         self, read: GraphBytes, input_shapes: Any, max_layers: int | None
     ) -> Hashable | None:

@@ -151,9 +151,12 @@ class ServiceState:
         return est
 
     def preload(self, spec: str) -> Any:
-        """`soc` or `soc:runtime` -> load that estimator now (used by `leti serve --preload`)."""
+        """`soc` or `soc:runtime` -> load that estimator now (used by `leti serve --preload`),
+        with what its first predictions would build (shared by the workers a master forks)."""
         soc_name, _, runtime = spec.partition(":")
-        return self.estimator(soc_name.strip(), runtime.strip() or None)
+        est = self.estimator(soc_name.strip(), runtime.strip() or None)
+        warm_up = getattr(est, "warm_up", None)
+        return warm_up() if callable(warm_up) else est
 
     @property
     def estimators_loaded(self) -> int:
