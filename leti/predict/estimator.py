@@ -345,8 +345,8 @@ class Estimator:
 
         The regressors run once for the whole batch, which is what makes NAS-sized batches fast.
         `workers` > 1 splits the batch across that many processes (`leti.predict.workers`:
-        spawned, kept for later calls); 0 means one per core. Answers in the cache are not
-        priced again, and the others join it.
+        fresh interpreters, kept for later calls); 0 means one per core. Answers in the cache
+        are not priced again, and the others join it.
         """
         out: list[Any] = [None] * len(sources)
         todo: list[tuple[int, Any, Hashable | None]] = []  # (index, source, cache key)
