@@ -594,7 +594,16 @@ def _parse(
             f"(set {ENV_MAX_LAYERS} to change it)"
         )
 
-    init_names = {t.name for t in g.initializer}
+    known: dict[str, Shape] = {}  # what every route starts from: weights' dims
+    consts = Consts()
+    tensors = consts.tensors
+    for t in g.initializer:  # one pass: a light model has hundreds
+        tensor_name = t.name
+        tensors[tensor_name] = t
+        dims = valid_shape(tuple(t.dims))
+        if dims is not None:
+            known[tensor_name] = dims
+    init_names = set(tensors)
     init_names.update(s.values.name for s in g.sparse_initializer)
     check_text(init_names, "initializer")
     check_text((vi.name for vi in g.input), "graph input")
@@ -604,13 +613,6 @@ def _parse(
     nodes = nodes_of(g.node)
     order = _topological(nodes, init_names | {vi.name for vi in g.input})
 
-    known: dict[str, Shape] = {}  # what every route starts from: weights' dims
-    consts = Consts()
-    for t in g.initializer:
-        dims = valid_shape(tuple(t.dims))
-        if dims is not None:
-            known[t.name] = dims
-        consts.tensors[t.name] = t
     for sp in g.sparse_initializer:
         dims = valid_shape(tuple(sp.dims))
         if dims is not None:
