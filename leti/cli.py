@@ -752,7 +752,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument(
         "--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)"
     )
-    parser.add_argument("--threads", type=int, default=8, help="threads per process (default 8)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per process (default 8 in one process, 2 per worker with --workers: a "
+        "prediction is CPU-bound Python, more threads only interleave them)",
+    )
     parser.add_argument(
         "--workers",
         type=int,
@@ -776,6 +782,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.threads is None:
+        from leti.service.server import prefork_available
+
+        args.threads = 8 if args.workers == 1 or not prefork_available() else 2
     if args.threads < 1:
         print("leti serve: --threads must be at least 1", file=sys.stderr)
         return 2
