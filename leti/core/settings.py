@@ -77,8 +77,11 @@ def cache_bytes(default_mb: float = DEFAULT_CACHE_MB) -> int:
     """$LETI_CACHE_MB, in bytes: the most memory an estimator's answer cache holds (MiB, may be
     fractional; 0 turns the cache off)."""
     raw = os.environ.get(CACHE_MB, "").strip()
-    if raw in ("0", "0.0"):
-        return 0
+    try:
+        if raw and float(raw) == 0:
+            return 0
+    except ValueError:
+        pass  # not a number: refused below, naming the variable
     return _positive_int(CACHE_MB, int(default_mb * _MIB), scale=_MIB)
 
 
