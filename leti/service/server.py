@@ -37,6 +37,23 @@ log = logging.getLogger("leti.service.server")
 _WAITRESS_SLACK = 2 << 20
 
 
+def _app_with_models(
+    models_dir: str | None, preload: Sequence[str] | None, config: dict | None
+) -> Any:
+    """The Flask app with the `preload`ed estimators loaded (before any worker is forked)."""
+    from leti.service.app import create_app
+
+    cfg = dict(config or {})
+    if models_dir:
+        cfg["MODELS_DIR"] = models_dir
+    app = create_app(cfg)
+    st = app.extensions["leti"]
+    for spec in preload or ():
+        est = st.preload(spec)
+        log.info("preloaded %s/%s (%s)", est.soc, est.runtime, est.model_version)
+    return app
+
+
 def build_server(
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -48,16 +65,8 @@ def build_server(
     """Create the app and a bound (not yet running) waitress server; `port=0` picks a free one."""
     from waitress import create_server
 
-    from leti.service.app import create_app
-
-    cfg = dict(config or {})
-    if models_dir:
-        cfg["MODELS_DIR"] = models_dir
-    app = create_app(cfg)
+    app = _app_with_models(models_dir, preload, config)
     st = app.extensions["leti"]
-    for spec in preload or ():
-        est = st.preload(spec)
-        log.info("preloaded %s/%s (%s)", est.soc, est.runtime, est.model_version)
     server = create_server(
         app,
         host=host,
@@ -89,16 +98,7 @@ def serve_workers(
     Unixes only (gunicorn forks)."""
     from gunicorn.app.base import BaseApplication
 
-    from leti.service.app import create_app
-
-    cfg = dict(config or {})
-    if models_dir:
-        cfg["MODELS_DIR"] = models_dir
-    app = create_app(cfg)
-    st = app.extensions["leti"]
-    for spec in preload or ():
-        est = st.preload(spec)
-        log.info("preloaded %s/%s (%s)", est.soc, est.runtime, est.model_version)
+    app = _app_with_models(models_dir, preload, config)
     gc.collect()
     gc.freeze()  # what the master made stays out of the workers' collections: pages stay shared
 
