@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,24 +188,21 @@ class _Priced:
     graph_index: int = 0  # position of the graph in the sweep
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _int_at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `lowest`."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number >= {lowest}, got {text!r}"
+            ) from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}, got {value}")
+        return value
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    return parse
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
@@ -1297,7 +1294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the same as --format json")
     p.add_argument("--no-layers", action="store_true", help="no per-layer breakdown")
     p.add_argument(
-        "--top", type=_positive_int, default=10, help="lines of the table's breakdown (>= 1)"
+        "--top", type=_int_at_least(1), default=10, help="lines of the table's breakdown (>= 1)"
     )
     p.add_argument(
         "--group-by",
@@ -1308,7 +1305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", type=_shape_arg, action="append", metavar="NAME=D1,D2,..")
     p.add_argument(
         "--jobs",
-        type=_non_negative_int,
+        type=_int_at_least(0),
         default=1,
         help="worker processes that read and price the graphs (default 1: this process; 0: "
         "one per core); each SoC starts its own, about half a second each",

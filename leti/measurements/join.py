@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from leti.core.records import CONV_KINDS, KernelPlan
+from leti.core.records import CONV_KINDS, Kernel, KernelPlan
 from leti.measurements.tools import KernelTime
 
 #: TFLite op names of the kernels leti models (the `op` column of a kernel row).
@@ -150,6 +150,16 @@ def join_tflite(plan: KernelPlan, kernels: list[KernelTime]) -> Join:
     return out
 
 
+def _disagree(out: Join, reason: str, k: Kernel, onnxruntime: str, note: str) -> None:
+    """A kernel of leti's plan that onnxruntime's profile does not confirm: counted under
+    `reason`, listed with what each side says, and explained in a note."""
+    out.rejected[reason] += 1
+    out.disagreements.append(
+        {"kernel": k.name, "leti": _kernel_text(k), "onnxruntime": onnxruntime}
+    )
+    out.notes.append(note)
+
+
 def join_onnxruntime(
     plan: KernelPlan, node_runs: dict[str, list[float]], node_ops: dict[str, str]
 ) -> Join:
@@ -159,40 +169,36 @@ def join_onnxruntime(
         ran = [n for n in k.layers if n in node_runs]
         claimed.update(ran)
         if not ran:
-            out.rejected["not_profiled"] += 1
-            out.disagreements.append(
-                {"kernel": k.name, "leti": _kernel_text(k), "onnxruntime": "no node of its own"}
-            )
-            out.notes.append(
+            _disagree(
+                out,
+                "not_profiled",
+                k,
+                "no node of its own",
                 f"{k.name} ({_kernel_text(k)}): onnxruntime profiled none of its layers "
-                "(fused into another node or optimised away)"
+                "(fused into another node or optimised away)",
             )
             continue
         if k.kind in CONV_KINDS:
             apart = [n for n in ran if n != k.name]
             op = node_ops.get(k.name, "")
             if apart or k.name not in ran:
-                out.rejected["fusion_disagreement"] += 1
-                out.disagreements.append(
-                    {
-                        "kernel": k.name,
-                        "leti": _kernel_text(k),
-                        "onnxruntime": "separate nodes: " + ", ".join(apart),
-                    }
-                )
-                out.notes.append(
+                _disagree(
+                    out,
+                    "fusion_disagreement",
+                    k,
+                    "separate nodes: " + ", ".join(apart),
                     f"{k.name}: leti fuses {'+'.join(k.fused) or 'a folded op'} into it, "
-                    f"onnxruntime ran {', '.join(apart)} as node(s) of their own"
+                    f"onnxruntime ran {', '.join(apart)} as node(s) of their own",
                 )
                 continue
             if op == "FusedConv" and not k.fused:
-                out.rejected["fusion_disagreement"] += 1
-                out.disagreements.append(
-                    {"kernel": k.name, "leti": _kernel_text(k), "onnxruntime": "FusedConv"}
-                )
-                out.notes.append(
+                _disagree(
+                    out,
+                    "fusion_disagreement",
+                    k,
+                    "FusedConv",
                     f"{k.name}: onnxruntime fused an activation into it (FusedConv), leti's "
-                    "fusion rules link nothing"
+                    "fusion rules link nothing",
                 )
                 continue
         runs = min(len(node_runs[n]) for n in ran)

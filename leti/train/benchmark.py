@@ -139,8 +139,7 @@ def _gpu_base(own: Estimator, gpu: socs.GpuSpec) -> Estimator:
     return replace(own, kernels=own.kernels.model.bind(gpu))
 
 
-def _priced(est: Estimator, target: bench.NcnnTarget) -> np.ndarray:
-    rows = target_timings(target).rows
+def _priced(est: Estimator, rows: Sequence[TimingRow]) -> np.ndarray:
     return np.array([est.predict(r.path, r.input_shapes).total_ms for r in rows])
 
 
@@ -159,7 +158,8 @@ def borrow_calibration(
     targets = [t for t in bench.load_targets(Path(data_dir)) if t.gpu.id in wanted]
     if len(targets) < 2:
         raise LetiError(f"{soc.id}: need >= 2 of {wanted} in the benchmark to borrow from")
-    base = {t.gpu.id: _priced(_gpu_base(own, t.gpu), t) for t in targets}
+    rows_of = {t.gpu.id: target_timings(t).rows for t in targets}  # hashes each graph once
+    base = {t.gpu.id: _priced(_gpu_base(own, t.gpu), rows_of[t.gpu.id]) for t in targets}
     meas = {t.gpu.id: t.timings["latency_ms"].to_numpy(float) for t in targets}
     ids = [t.gpu.id for t in targets]
 
@@ -175,7 +175,7 @@ def borrow_calibration(
         logo[g] = np.log(meas[g]) - np.log(held.apply(base[g]))
     resid = np.concatenate(list(logo.values()))
     lo, hi = np.quantile(resid, [(1 - COVERAGE) / 2, (1 + COVERAGE) / 2])
-    rows = [r for t in targets for r in target_timings(t).rows]
+    rows = [r for t in targets for r in rows_of[t.gpu.id]]
     digest = timings_sha256(rows)
     names = ", ".join(f"{t.gpu.name} ({len(t.timings)})" for t in targets)
     doc = {
