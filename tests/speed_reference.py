@@ -81,7 +81,7 @@ def file_graphs() -> Iterator[tuple[str, Callable[[], Any], dict | None]]:
         yield "zoo:mobilenetv2_w1.onnx@160", mb.read_bytes, {"input": [1, 3, 160, 160]}
     if NCNN.is_dir():
         for path in sorted(NCNN.glob("*.param")):
-            yield f"ncnn:{path.name}", lambda p=path: p, None
+            yield f"ncnn:{path.name}", lambda p=path: p.read_bytes(), None
 
 
 def all_graphs() -> list[tuple[str, Callable[[], Any], dict | None]]:
