@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 import warnings
@@ -187,8 +186,6 @@ def test_boosters_predict_what_xgboost_predicts() -> None:
         assert np.array_equal(ours.inplace_predict(x), want, equal_nan=True), path
         few = np.concatenate([ours.inplace_predict(x[i : i + 3]) for i in range(0, 600, 3)])
         assert np.array_equal(few, want, equal_nan=True), path
-        again = pickle.loads(pickle.dumps(ours))
-        assert np.array_equal(again.inplace_predict(x[:50]), want[:50], equal_nan=True), path
 
 
 def test_the_answer_cache(est: Estimator, light_dir: Path, monkeypatch) -> None:
@@ -206,8 +203,6 @@ def test_the_answer_cache(est: Estimator, light_dir: Path, monkeypatch) -> None:
     with pytest.raises(GraphError):
         fresh.predict(b"junk")  # errors are never cached
     assert len(fresh.answers) == 2
-    state = pickle.loads(pickle.dumps(fresh))  # a worker's copy starts empty
-    assert len(state.answers) == 0 and state.predict(data).total_ms == first.total_ms
 
     small = AnswerCache(max_bytes=3 * 100_000)
     for i in range(10):

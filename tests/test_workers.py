@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from leti.core.errors import SymbolicShapeError
+from leti.predict import workers
 from leti.predict.estimator import Estimator
-from leti.predict.workers import shutdown_pools
+from leti.predict.workers import answer_doc, answer_from_doc, shutdown_pools
 from leti.service.server import BackgroundServer, prefork_available
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -28,14 +30,18 @@ def est() -> Estimator:
 
 
 def test_predict_many_in_workers_answers_what_one_process_does(
-    est: Estimator, light_models: list[Path], monkeypatch
+    light_models: list[Path], monkeypatch
 ) -> None:
-    monkeypatch.setenv("LETI_CACHE_MB", "0")
+    monkeypatch.setenv("LETI_CACHE_MB", "0")  # every call prices (no answer from the cache)
+    est = Estimator.load("snapdragon855")
     sources = [p.read_bytes() for p in light_models] + [b"junk", str(light_models[0])]
     one = est.predict_many(sources)
     try:
         two = est.predict_many(sources, workers=2)
         again = est.predict_many(sources, workers=2)  # the pool is kept
+        running = workers._POOLS.get(id(est))
+        assert isinstance(running, workers.Pool), "the batch was not priced in workers"
+        assert all(w.proc.poll() is None for w in running.workers)
     finally:
         shutdown_pools()
     assert len(one) == len(two) == len(again) == len(sources)
@@ -44,6 +50,49 @@ def test_predict_many_in_workers_answers_what_one_process_does(
             assert type(a) is type(b) is type(c) and str(a) == str(b) and a.kind == b.kind
         else:
             assert a == b == c
+
+
+def test_an_estimator_workers_cannot_load_is_priced_in_this_process(
+    est: Estimator, light_models: list[Path]
+) -> None:
+    """A `replace`d estimator has no recipe a worker could follow: no pool, same answers."""
+    from dataclasses import replace
+
+    other = replace(est, log_interval=(-0.5, 0.5))
+    assert est.origin is not None and other.origin is None
+    sources = [p.read_bytes() for p in light_models[:3]]
+    try:
+        answers = other.predict_many(sources, workers=2)
+        assert workers._POOLS.get(id(other)) is None
+    finally:
+        shutdown_pools()
+    assert answers == other.predict_many(sources)
+
+
+def test_answers_cross_the_pipe_exactly(est: Estimator, light_models: list[Path]) -> None:
+    """The JSON codec gives back an equal answer: floats exact, tuples, unknown shapes, an
+    error's class and its extra attributes."""
+    pred = est.predict(light_models[0])
+    doc = json.loads(json.dumps(answer_doc(pred)))
+    assert answer_from_doc(doc) == pred
+    err = SymbolicShapeError("give a shape", input_name="x")
+    back = answer_from_doc(json.loads(json.dumps(answer_doc(err))))
+    assert type(back) is SymbolicShapeError and str(back) == str(err)
+    assert back.input_name == "x" and back.kind == err.kind and back.status == 422
+
+
+def test_leti_never_imports_pickle() -> None:
+    """Nothing leti loads is unpickled: no module of the package imports pickle."""
+    package = Path(__file__).resolve().parent.parent / "leti"
+    users = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if any(
+            line.strip().startswith(("import pickle", "from pickle", "import cPickle"))
+            for line in p.read_text("utf-8").splitlines()
+        )
+    ]
+    assert not users, users
 
 
 def test_predict_jobs_gives_the_same_table(light_dir: Path) -> None:

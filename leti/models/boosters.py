@@ -332,9 +332,6 @@ class Booster:
         )
         return bytearray(ctypes.string_at(cptr, length.value))
 
-    def __reduce__(self) -> tuple:
-        return (load_booster, (bytes(self.save_raw("ubj")),))
-
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
         if handle is not None and handle.value:

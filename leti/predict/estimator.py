@@ -82,16 +82,14 @@ class Estimator:
     #: estimator, a `replace`d one included, starts with an empty cache of its own.
     answers: AnswerCache = field(init=False, repr=False, compare=False)
 
+    #: How `Estimator.load` built it (its arguments), so that a worker process can load the same
+    #: models (`leti.predict.workers`); None for an estimator built any other way, a `replace`d
+    #: one included (init=False: `replace` does not carry it over).
+    origin: dict[str, Any] | None = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "answers", AnswerCache())
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled without its answers (a worker process starts with an empty cache)."""
-        return {k: v for k, v in self.__dict__.items() if k != "answers"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        object.__setattr__(self, "answers", AnswerCache())
+        object.__setattr__(self, "origin", None)
 
     @classmethod
     def load(
@@ -102,7 +100,10 @@ class Estimator:
     ) -> Estimator:
         """The estimator for `soc` (an id or alias); runtime defaults to tflite-gpu. Raises
         `ModelNotFoundError` when no model can answer (see `leti.predict.registry`)."""
-        return cls.from_choice(registry.choose(soc, runtime, models_dir))
+        est = cls.from_choice(registry.choose(soc, runtime, models_dir))
+        folder = None if models_dir is None else str(Path(models_dir).resolve())
+        object.__setattr__(est, "origin", {"soc": soc, "runtime": runtime, "models_dir": folder})
+        return est
 
     @classmethod
     def from_choice(cls, choice: ModelChoice) -> Estimator:
@@ -345,8 +346,9 @@ class Estimator:
 
         The regressors run once for the whole batch, which is what makes NAS-sized batches fast.
         `workers` > 1 splits the batch across that many processes (`leti.predict.workers`:
-        fresh interpreters, kept for later calls); 0 means one per core. Answers in the cache
-        are not priced again, and the others join it.
+        fresh interpreters that load the same saved models, kept for later calls); 0 means one
+        per core. A batch of parsed `Graph`s, or an estimator not built by `load`, is priced in
+        this process. Answers in the cache are not priced again, and the others join it.
         """
         out: list[Any] = [None] * len(sources)
         todo: list[tuple[int, Any, Hashable | None]] = []  # (index, source, cache key)
@@ -378,12 +380,13 @@ class Estimator:
             from leti.predict.workers import default_workers
 
             workers = default_workers()
-        if workers > 1 and len(todo) > 1:
+        answers = None
+        if workers > 1 and len(todo) > 1 and not any(isinstance(s, Graph) for _, s, _ in todo):
             from leti.predict.workers import predict_in_workers
 
-            portable = [s if isinstance(s, Graph) else _portable_source(s) for _, s, _ in todo]
-            answers = predict_in_workers(self, portable, input_shapes, max_layers, workers)
-        else:
+            sent = [s for _, s, _ in todo]
+            answers = predict_in_workers(self, sent, input_shapes, max_layers, workers)
+        if answers is None:  # one process, or workers cannot load this estimator
             answers = self._predict_sources([s for _, s, _ in todo], input_shapes, max_layers)
         first = {}
         for (i, _, key), answer in zip(todo, answers, strict=True):
@@ -422,14 +425,6 @@ def _graph(source: GraphSource | Graph, input_shapes, max_layers: int | None) ->
     if isinstance(source, Graph):
         return source
     return parse_graph(source, input_shapes, max_layers=max_layers)
-
-
-def _portable_source(read: GraphBytes) -> Any:
-    """What a worker process parses for a graph read here: its bytes, or the path of an ncnn
-    .param file (whose suffix tells the front end what it is)."""
-    if read.where.lower().endswith(".param"):
-        return read.where
-    return read.data
 
 
 def _share(ms: float, total: float) -> float:
