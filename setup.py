@@ -9,7 +9,14 @@ package is declared in pyproject.toml.
 
 from setuptools import find_namespace_packages, setup
 
+#: every folder under models/ is a package of the wheel (data only): setuptools warns about, and
+#: will one day drop, data in folders that are not declared packages
+BUNDLED = [
+    "leti._bundled_models",
+    *(f"leti._bundled_models.{p}" for p in find_namespace_packages(where="models")),
+]
+
 setup(
-    packages=[*find_namespace_packages(include=["leti", "leti.*"]), "leti._bundled_models"],
+    packages=[*find_namespace_packages(include=["leti", "leti.*"]), *BUNDLED],
     package_dir={"leti._bundled_models": "models"},
 )
