@@ -68,17 +68,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from leti.train.fit import fit_and_save
 
     root = models_dir(args.models_dir)
-    pairs = measured_pairs(args.measurements_dir)
-    if not pairs:
-        raise _nothing_imported(args.measurements_dir)
-    if args.soc:
-        from leti.core.socs import resolve
-
-        pairs = [p for p in pairs if p[0] == resolve(args.soc).id]
-    if args.runtime:
-        pairs = [p for p in pairs if p[1] == args.runtime]
-    if not pairs:
-        raise LetiError("nothing to fit: no end-to-end measurements match (run `leti import`)")
+    pairs = _selected_pairs(measured_pairs(args.measurements_dir), args, "fit")
     bar = _bar(args, pairs, desc="fitting", unit="model")
     for soc, runtime in bar:
         bar.set_postfix_str(f"{soc}/{runtime}")
@@ -647,6 +637,31 @@ def _nothing_imported(measurements_dir: Path | None, runtime: str | None = None)
     )
 
 
+def _selected_pairs(
+    pairs: Sequence[tuple[str, str]], args: argparse.Namespace, verb: str
+) -> list[tuple[str, str]]:
+    """The measured (SoC, runtime) pairs that --soc and --runtime select, checked before
+    anything is fitted or written: none imported says what to import, none selected says
+    which pairs there are."""
+    if not pairs:
+        raise _nothing_imported(args.measurements_dir)
+    chosen = list(pairs)
+    if args.soc:
+        from leti.core.socs import resolve
+
+        chosen = [p for p in chosen if p[0] == resolve(args.soc).id]
+    if args.runtime:
+        chosen = [p for p in chosen if p[1] == args.runtime]
+    if not chosen:
+        asked = " on ".join(a for a in (args.soc, args.runtime) if a)
+        measured = ", ".join(f"{s}/{r}" for s, r in pairs)
+        raise LetiError(
+            f"nothing to {verb}: no end-to-end measurements of {asked}; measured are "
+            f"{measured} (`leti calibrate` adapts a SoC from a few timings of its own)"
+        )
+    return chosen
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.transfer:
         return _evaluate_transfer(args)
@@ -663,15 +678,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from leti.evaluate.nb201 import shipped_consistency
 
     t0 = time.perf_counter()
-    pairs = measured_pairs(args.measurements_dir)
-    if args.soc:
-        from leti.core.socs import resolve
-
-        pairs = [p for p in pairs if p[0] == resolve(args.soc).id]
-    if args.runtime:
-        pairs = [p for p in pairs if p[1] == args.runtime]
-    if not pairs:  # before anything is evaluated or written
-        raise _nothing_imported(args.measurements_dir, args.runtime)
+    pairs = _selected_pairs(measured_pairs(args.measurements_dir), args, "evaluate")
     skip = set(args.skip or ())
     methods = available_methods()
     if "previous" in skip:

@@ -105,3 +105,21 @@ def test_free_form_trees_are_a_candidate_only_where_kernel_rows_leave_kernels_ou
     assert fit_mod._keeps_family_rank("leti", "tflite-gpu")
     assert not fit_mod._keeps_family_rank("leti", "pytorch-metal")
     assert not fit_mod._keeps_family_rank("previous", "tflite-gpu")
+
+
+def test_fit_and_evaluate_say_which_pairs_are_measured_when_none_is_selected(
+    synthetic_root, tmp_path, capsys
+):
+    """--soc / --runtime that select no measured pair: a clear error naming the measured ones,
+    and nothing written (not the 'import the public data first' of an empty folder)."""
+    from leti.cli import main
+
+    out = tmp_path / "models"
+    for cmd in (["fit", "--models-dir", str(out)], ["evaluate", "--out", str(tmp_path / "a.md")]):
+        code = main([*cmd, "--soc", "kirin9000", "--measurements-dir", str(synthetic_root)])
+        err = capsys.readouterr().err
+        assert code != 0 and "no end-to-end measurements of kirin9000" in err, err
+        assert "snapdragon855/tflite-gpu" in err and "import the public" not in err
+    assert not out.exists() and not (tmp_path / "a.md").exists()
+    main(["fit", "--measurements-dir", str(tmp_path / "empty"), "--models-dir", str(out)])
+    assert "import the public data first" in capsys.readouterr().err
