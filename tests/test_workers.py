@@ -174,3 +174,18 @@ def test_a_forked_child_loads_and_predicts_after_the_parent_did(est: Estimator) 
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not prefork_available(), reason="gunicorn forks: Linux and macOS only")
+def test_gunicorn_refuses_an_oversized_body_as_waitress_does() -> None:
+    """gunicorn has no body limit of its own: the app refuses a Content-Length over
+    LETI_MAX_UPLOAD_MB with the JSON 413, and a chunked body once it passes the limit."""
+    big = b"\0" * (1024 * 1024 + 10)
+    with BackgroundServer(workers=2, threads=2, env={"LETI_MAX_UPLOAD_MB": "1"}) as srv:
+        url = f"{srv.url}/predict?soc=snapdragon855"
+        r = requests.post(url, data=big, headers=OCTET, timeout=60)
+        assert r.status_code == 413 and r.json()["error"] == "payload_too_large", r.text
+        chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+        r = requests.post(url, data=chunks, headers=OCTET, timeout=60)
+        assert r.status_code == 413 and r.json()["error"] == "payload_too_large", r.text
+        assert requests.get(f"{srv.url}/healthz", timeout=30).status_code == 200
