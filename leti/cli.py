@@ -1022,10 +1022,15 @@ def cmd_socs(args: argparse.Namespace) -> int:
     from leti.predict.registry import available
 
     root = _models_root(args.models_dir)
+    if getattr(args, "socs_command", None) == "remove":
+        path = socs.remove_user_soc(root, args.id)
+        print(f"removed {args.id} from {path}")
+        return 0
     if getattr(args, "socs_command", None) == "add":
         path = socs.add_user_soc(
             root,
             args.id,
+            replace=args.replace,
             name=args.name,
             gpu=args.gpu,
             family=args.family,
@@ -1033,7 +1038,8 @@ def cmd_socs(args: argparse.Namespace) -> int:
             fp32_gflops=args.fp32_gflops,
             dram_gbps=args.dram_gbps,
         )
-        print(f"added {args.id} ({args.name}, {args.gpu}) to {path}")
+        done = "replaced" if args.replace else "added"
+        print(f"{done} {args.id} ({args.name}, {args.gpu}) in {path}")
         print(f"calibrate it: leti calibrate --soc {args.id} --measurements t.csv")
         return 0
     reg = socs.registry(root)
@@ -1395,8 +1401,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--fp16-gflops", required=True)
     a.add_argument("--fp32-gflops", required=True)
     a.add_argument("--dram-gbps", required=True)
+    a.add_argument(
+        "--replace", action="store_true", help="edit a SoC of yours already defined (same --id)"
+    )
     a.add_argument("--models-dir", type=Path, default=argparse.SUPPRESS, help="as for `socs`")
     a.set_defaults(func=cmd_socs)
+    r = socs_sub.add_parser("remove", help="take a SoC of yours out of <models-dir>/socs.json")
+    r.add_argument("id")
+    r.add_argument("--models-dir", type=Path, default=argparse.SUPPRESS, help="as for `socs`")
+    r.set_defaults(func=cmd_socs)
 
     p = sub.add_parser("measure", help="collect per-kernel measurements on a device")
     add_measure_arguments(p)

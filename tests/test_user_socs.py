@@ -169,6 +169,36 @@ def test_duplicate_board_is_refused(models, capsys):
     assert snapshot(models) == before
 
 
+def test_a_board_is_edited_and_removed(tmp_path, light_dir, models, capsys):
+    """`socs add --replace` edits a board (its numbers change the uncalibrated answer);
+    `socs remove` takes it out, refuses a bundled SoC and one that calibrations still use."""
+    add_board(models)
+    graph = light(light_dir, "squeezenet")
+    slow = Estimator.load("myboard", models_dir=models).predict(graph).total_ms
+    faster = [*BOARD[:-4], "--fp32-gflops", "480", "--dram-gbps", "34"]
+    faster[faster.index("240")] = "960"
+    argv = ["socs", "add", *faster, "--models-dir", str(models)]
+    assert cli_main(argv) == 2 and "--replace" in capsys.readouterr().err
+    assert cli_main([*argv, "--replace"]) == 0
+    assert Estimator.load("myboard", models_dir=models).predict(graph).total_ms < slow
+    assert socs.read_user_socs(models)["myboard"]["dram_gbps"] == 34
+
+    before = snapshot(models)
+    assert cli_main(["socs", "remove", "snapdragon855", "--models-dir", str(models)]) == 2
+    assert "bundled" in capsys.readouterr().err
+    calibration_file = models / "myboard" / "tflite-gpu" / "calibration.json"
+    calibration_file.parent.mkdir(parents=True)
+    calibration_file.write_text("{}")
+    assert cli_main(["socs", "remove", "myboard", "--models-dir", str(models)]) == 2
+    assert "still has calibrations" in capsys.readouterr().err
+    calibration_file.unlink()
+    assert snapshot(models) == before
+    assert cli_main(["socs", "remove", "myboard", "--models-dir", str(models)]) == 0
+    assert "myboard" not in socs.read_user_socs(models)
+    with pytest.raises(UnknownSocError):
+        socs.registry(models).resolve("myboard")
+
+
 def test_timings_naming_a_missing_graph_change_nothing(tmp_path, light_dir, models, capsys):
     add_board(models)
     graphs = [light(light_dir, g) for g in GRAPHS[:3]]

@@ -222,17 +222,48 @@ def user_soc_entry(
     return d
 
 
-def add_user_soc(models_dir: str | os.PathLike[str], sid: str, **fields: Any) -> Path:
+def add_user_soc(
+    models_dir: str | os.PathLike[str], sid: str, replace: bool = False, **fields: Any
+) -> Path:
     """Validate a user-defined SoC and write it into `<models_dir>/socs.json` (atomically,
-    keeping the SoCs already there); raises SocRegistryError and writes nothing on bad input."""
+    keeping the SoCs already there); `replace` edits one already defined. Raises
+    SocRegistryError and writes nothing on bad input."""
     entry = user_soc_entry(sid, **fields)
     existing = read_user_socs(models_dir)
-    if sid in existing:
-        raise SocRegistryError(f"SoC id {sid!r} is already defined in {user_socs_path(models_dir)}")
+    if sid in existing and not replace:
+        raise SocRegistryError(
+            f"SoC id {sid!r} is already defined in {user_socs_path(models_dir)}: "
+            "`leti socs add --replace` edits it"
+        )
+    if replace and sid not in existing:
+        raise SocRegistryError(f"no SoC {sid!r} of yours in {user_socs_path(models_dir)}")
     for other, d in existing.items():
+        if other == sid:
+            continue
         if _norm(d.get("name", "")) == _norm(entry["name"]):
             raise SocRegistryError(f"name {entry['name']!r} is already used by {other!r}")
     doc = {**_user_doc(models_dir), "format": USER_SOCS_FORMAT, "socs": {**existing, sid: entry}}
+    return atomic_write_json(user_socs_path(models_dir), doc)
+
+
+def remove_user_soc(models_dir: str | os.PathLike[str], sid: str) -> Path:
+    """Take a user-defined SoC out of `<models_dir>/socs.json` (atomically). A bundled SoC
+    cannot be removed, nor one that calibrations still answer for (they are named)."""
+    existing = read_user_socs(models_dir)
+    if sid not in existing:
+        bundled = sid in _raw()["socs"]
+        raise SocRegistryError(
+            f"{sid!r} is a bundled SoC: only your own can be removed"
+            if bundled
+            else f"no SoC {sid!r} of yours in {user_socs_path(models_dir)}"
+        )
+    left = sorted(str(p) for p in (Path(models_dir) / sid).glob("*/calibration.json"))
+    if left:
+        raise SocRegistryError(
+            f"{sid!r} still has calibrations: {', '.join(left)}; delete them first"
+        )
+    rest = {k: v for k, v in existing.items() if k != sid}
+    doc = {**_user_doc(models_dir), "format": USER_SOCS_FORMAT, "socs": rest}
     return atomic_write_json(user_socs_path(models_dir), doc)
 
 
