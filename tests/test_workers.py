@@ -18,7 +18,7 @@ import requests
 from leti.core.errors import SymbolicShapeError
 from leti.predict import workers
 from leti.predict.estimator import Estimator
-from leti.predict.workers import answer_doc, answer_from_doc, shutdown_pools
+from leti.predict.workers import answer_doc, answer_from_doc, balanced_chunks, shutdown_pools
 from leti.service.server import BackgroundServer, prefork_available
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -93,6 +93,19 @@ def test_leti_never_imports_pickle() -> None:
         )
     ]
     assert not users, users
+
+
+def test_balanced_chunks_cover_every_graph_once_with_even_totals() -> None:
+    """A batch sorted by size (small graphs first, as a zoo or a NAS generation may be) is
+    not cut into contiguous slices: each chunk's total is within the largest graph of the
+    others', and every index is in exactly one chunk."""
+    sizes = [1] * 40 + [50] * 8 + [400, 600]
+    chunks = balanced_chunks(sizes, 4)
+    assert sorted(i for c in chunks for i in c) == list(range(len(sizes)))
+    totals = [sum(sizes[i] for i in c) for c in chunks]
+    assert totals == sorted(totals, reverse=True)
+    assert max(totals) - min(totals) <= max(sizes)
+    assert balanced_chunks([5], 4) == [[0]] and balanced_chunks([], 4) == []
 
 
 def test_predict_jobs_gives_the_same_table(light_dir: Path) -> None:

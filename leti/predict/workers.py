@@ -26,6 +26,7 @@ per kernel row, whichever rows share a call.
 from __future__ import annotations
 
 import atexit
+import heapq
 import json
 import logging
 import os
@@ -183,6 +184,23 @@ class Worker:
             self.proc.wait(10)
 
 
+def balanced_chunks(sizes: Sequence[int], n: int) -> list[list[int]]:
+    """The indices of `sizes` in at most `n` chunks of about equal total size, largest chunk
+    first, each in index order. A graph's bytes stand for its pricing time; contiguous slices
+    of a batch sorted by anything (a NAS loop's generations, a zoo's names) would leave one
+    worker with the large graphs while the other waits."""
+    n = max(1, min(n, len(sizes)))
+    heap = [(0, c) for c in range(n)]
+    chunks: list[list[int]] = [[] for _ in range(n)]
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        total, c = heapq.heappop(heap)
+        chunks[c].append(i)
+        heapq.heappush(heap, (total + sizes[i], c))
+    totals = {c: t for t, c in heap}
+    order = sorted(range(n), key=lambda c: -totals[c])
+    return [sorted(chunks[c]) for c in order if chunks[c]]
+
+
 class Pool:
     """N workers of one estimator; one batch at a time (callers in other threads wait)."""
 
@@ -218,26 +236,25 @@ class Pool:
     def price(
         self, sources: Sequence[GraphBytes], input_shapes: Any, max_layers: int | None
     ) -> list:
-        chunk = max(1, -(-len(sources) // (self.size * CHUNKS_PER_WORKER)))
-        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-        starts = range(0, len(sources), chunk)
-        for start in starts:
-            todo.put(start)
-        done: dict[int, list] = {}
+        todo: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        for chunk in balanced_chunks([len(s.data) for s in sources], self.size * CHUNKS_PER_WORKER):
+            todo.put(chunk)
+        out: list[Any] = [None] * len(sources)
         failures: list[BaseException] = []
 
         def serve(worker: Worker) -> None:
             while not failures:
                 try:
-                    start = todo.get_nowait()
+                    chunk = todo.get_nowait()
                 except queue.Empty:
                     return
                 try:
-                    done[start] = worker.price(
-                        sources[start : start + chunk], input_shapes, max_layers
-                    )
+                    answers = worker.price([sources[i] for i in chunk], input_shapes, max_layers)
                 except BaseException as exc:  # a worker that died: the batch fails
                     failures.append(exc)
+                    return
+                for i, answer in zip(chunk, answers, strict=True):
+                    out[i] = answer
 
         with self.lock:
             threads = [threading.Thread(target=serve, args=(w,)) for w in self.workers]
@@ -247,7 +264,7 @@ class Pool:
                 t.join()
         if failures:
             raise RuntimeError(f"a leti worker process failed: {failures[0]!r}")
-        return [answer for start in starts for answer in done[start]]
+        return out
 
     def close(self) -> None:
         for worker in self.workers:
