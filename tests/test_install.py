@@ -50,7 +50,12 @@ def _model_files() -> list[str]:
 def test_models_are_mapped_into_the_package():
     kwargs = _setup_kwargs()
     assert ast.literal_eval(kwargs["package_dir"]) == {"leti._bundled_models": "models"}
-    assert "leti._bundled_models" in ast.unparse(kwargs["packages"])
+    # the package and every folder below it (a data-only package each: setuptools warns about
+    # data in folders that are not declared packages)
+    assert "*BUNDLED" in ast.unparse(kwargs["packages"])
+    bundled = (REPO / "setup.py").read_text("utf-8").split("BUNDLED = [", 1)[1].split("]\n", 1)[0]
+    assert '"leti._bundled_models"' in bundled
+    assert 'find_namespace_packages(where="models")' in bundled
     assert store.SHIPPED_MODELS == "_bundled_models"
     # pyproject must not list the packages itself: it would override setup.py's list
     assert "packages" not in PYPROJECT["tool"]["setuptools"]
