@@ -128,6 +128,34 @@ def test_corrector_json_round_trip(tmp_path):
     )
 
 
+def test_corrector_floor_and_size_range():
+    """No answer under kernel sum + the per-inference floor, however the ridge extrapolates,
+    and a kernel sum outside the training rows' is measured in log units."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, len(GRAPH_FEATURES)))
+    i = GRAPH_FEATURES.index("log_kernel_sum")
+    x[:, i] = rng.uniform(0.0, 5.0, size=40)  # 1 to 150 ms of kernels
+    c = transfer_model.TransferCorrector().fit(x, rng.normal(size=40) - 3.0, floor_ms=0.5)
+    assert c.size_range == (x[:, i].min(), x[:, i].max())
+    tiny = x[:3].copy()
+    tiny[:, i] = np.log(0.05)  # 0.05 ms of kernels
+    totals = 0.05 * np.exp(c.predict(tiny))
+    assert np.all(totals >= 0.05 + 0.5 - 1e-9)
+    np.testing.assert_allclose(c.size_extrapolation(tiny), x[:, i].min() - np.log(0.05))
+    assert np.all(c.size_extrapolation(x) == 0)
+    again = transfer_model.TransferCorrector.from_json(json.loads(json.dumps(c.to_json())))
+    assert again.floor_ms == 0.5 and again.size_range == c.size_range
+
+
+def test_per_inference_cost_is_the_intercept_of_the_timings():
+    from leti.train.transfer import per_inference_ms
+
+    sums = np.array([0.5, 1.0, 3.0, 10.0, 40.0])
+    assert per_inference_ms(sums, 1.2 * sums + 0.8) == pytest.approx(0.8)
+    assert per_inference_ms(sums, 1.5 * sums) == pytest.approx(0.0, abs=1e-9)
+    assert per_inference_ms(sums[:2], sums[:2] + 1) == 0.0  # too few timings to say
+
+
 def test_zero_shot_interval_uses_held_out_rows_only():
     loso = pd.DataFrame(
         {
@@ -232,6 +260,22 @@ def test_bundled_transfer_predicts_out_of_the_box(bundled, light_dir, tmp_path, 
     est = Estimator.load(soc, "tflite-gpu", tmp_path)
     p = est.predict(light_dir / "light_squeezenet.onnx")
     assert p.provenance == "transfer" and 0.1 < p.total_ms < 10_000
+
+
+def test_bundled_transfer_answers_a_tiny_graph_with_its_per_inference_floor(bundled, tmp_path):
+    """One small convolution on an unmeasured SoC: at least the per-inference cost every
+    measured SoC pays (not its ~0.05 ms of kernels), and an interval widened and explained
+    because its kernel time is outside the training graphs'."""
+    from tests.plausibility_graphs import separable_net
+
+    est = Estimator.load("snapdragon888", "tflite-gpu", tmp_path)
+    floor = est.corrector.floor_ms
+    assert floor > 0.1, "the bundled transfer corrector has no per-inference floor: refit it"
+    p = est.predict(separable_net(size=16, width=8, blocks=1))
+    assert p.total_ms >= p.kernel_sum_ms + floor - 1e-9
+    assert any("outside the range of the graphs" in n for n in p.notes), p.notes
+    big = est.predict(separable_net())
+    assert p.interval_ms[1] / p.interval_ms[0] > big.interval_ms[1] / big.interval_ms[0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ from leti.frontend.features import GRAPH_FEATURES, KERNEL_FEATURES, kernel_featu
 from leti.models.kernel_cost import BYTES_PER_ELEMENT, kernel_work
 from leti.models.regressors import KindBoosters
 
+_LOG_SUM = GRAPH_FEATURES.index("log_kernel_sum")
+
 if TYPE_CHECKING:  # training passes frames; the request path a KernelTable (numpy columns)
     import pandas as pd
 
@@ -149,10 +151,22 @@ class TransferCorrector:
     scale_: np.ndarray | None = None
     coef_: np.ndarray | None = None
     intercept_: float = 0.0
+    #: log kernel sum (ms) of the smallest and the largest training row, pooled over SoCs:
+    #: outside, the ridge extrapolates and the interval says so.
+    size_range: tuple[float, float] = (-np.inf, np.inf)
+    #: The least an inference costs besides its kernels (ms): the smallest per-inference cost
+    #: of the training SoCs (`leti.train.transfer.per_inference_ms`). Linear in
+    #: log(end-to-end / kernel sum), the ridge alone would answer a graph of 0.05 ms of kernels
+    #: with about 0.05 ms, when every measured SoC spends more per inference on queueing,
+    #: synchronisation and read-back.
+    floor_ms: float = 0.0
 
-    def fit(self, x: np.ndarray, log_ratio: np.ndarray) -> TransferCorrector:
+    def fit(self, x: np.ndarray, log_ratio: np.ndarray, floor_ms: float = 0.0) -> TransferCorrector:
         x = np.asarray(x, float)
         y = np.asarray(log_ratio, float)
+        log_sum = x[:, _LOG_SUM]
+        self.size_range = (float(log_sum.min()), float(log_sum.max()))
+        self.floor_ms = float(floor_ms)
         self.mean_ = x.mean(axis=0)
         self.scale_ = x.std(axis=0)
         self.scale_[self.scale_ == 0] = 1.0
@@ -163,8 +177,19 @@ class TransferCorrector:
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        z = (np.atleast_2d(np.asarray(x, float)) - self.mean_) / self.scale_
-        return z @ self.coef_ + self.intercept_
+        x = np.atleast_2d(np.asarray(x, float))
+        z = (x - self.mean_) / self.scale_
+        log_ratio = z @ self.coef_ + self.intercept_
+        if self.floor_ms > 0:  # end-to-end >= kernel sum + the per-inference floor
+            floor = np.log1p(self.floor_ms / np.maximum(np.exp(x[:, _LOG_SUM]), 1e-12))
+            log_ratio = np.maximum(log_ratio, floor)
+        return log_ratio
+
+    def size_extrapolation(self, x: np.ndarray) -> np.ndarray:
+        """How far (log units) each graph's kernel sum lies outside the training rows'."""
+        log_sum = np.atleast_2d(np.asarray(x, float))[:, _LOG_SUM]
+        lo, hi = self.size_range
+        return np.maximum(lo - log_sum, 0) + np.maximum(log_sum - hi, 0)
 
     def to_json(self) -> dict:
         return {
@@ -175,6 +200,8 @@ class TransferCorrector:
             "scale": self.scale_.tolist(),
             "coef": self.coef_.tolist(),
             "intercept": self.intercept_,
+            "log_kernel_sum_range": list(self.size_range),
+            "per_inference_floor_ms": self.floor_ms,
         }
 
     @classmethod
@@ -187,6 +214,8 @@ class TransferCorrector:
             scale_=np.array(doc["scale"], float),
             coef_=np.array(doc["coef"], float),
             intercept_=float(doc["intercept"]),
+            size_range=tuple(float(v) for v in doc.get("log_kernel_sum_range", (-np.inf, np.inf))),
+            floor_ms=float(doc.get("per_inference_floor_ms", 0.0)),
         )
 
     def save(self, path: Path) -> None:

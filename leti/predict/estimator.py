@@ -188,8 +188,9 @@ class Estimator:
                 [stage_totals(x[i : i + 1], sums[i : i + 1], self.corrector) for i in range(len(x))]
             )
         sizes = np.zeros(len(plans))
-        if isinstance(self.corrector, GraphOverhead):
-            sizes = self.corrector.size_extrapolation(x)
+        extrapolation = getattr(self.corrector, "size_extrapolation", None)
+        if extrapolation is not None:  # a graph stage that knows its training sizes
+            sizes = extrapolation(x)
         graphs = [None] * len(plans) if graphs is None else graphs
         return [
             self._assemble(p, ms, float(t), d, float(s), g)

@@ -95,16 +95,33 @@ def fit_corrector(
     """Pooled corrector on (SoC, model) rows; each SoC's kernel sums come from a transfer fit
     that never saw that SoC (inner leave-one-SoC-out)."""
     xs, ys = [], []
+    per_inference = []
     for s in train_socs:
         ts = cache.sets[s]
         inner = cache.kernels([o for o in train_socs if o != s])
         models = [m for m in train_models if m in ts.plans and m in ts.e2e.index]
         ms = kernel_sums(inner, ts, socs.resolve(s), models)
-        for m in models:
-            total = max(float(ms[m].sum()), 1e-6)
-            xs.append(graph_features(ts.plans[m], ms[m]))
-            ys.append(np.log(float(ts.e2e.loc[m, "latency_ms"])) - np.log(total))
-    return TransferCorrector().fit(np.array(xs), np.array(ys))
+        e2e = np.array([float(ts.e2e.loc[m, "latency_ms"]) for m in models])
+        sums = np.array([max(float(ms[m].sum()), 1e-6) for m in models])
+        xs += [graph_features(ts.plans[m], ms[m]) for m in models]
+        ys += list(np.log(e2e) - np.log(sums))
+        per_inference.append(per_inference_ms(sums, e2e))
+    floor = min((p for p in per_inference if p > 0), default=0.0)
+    return TransferCorrector().fit(np.array(xs), np.array(ys), floor_ms=floor)
+
+
+def per_inference_ms(kernel_sums: np.ndarray, e2e: np.ndarray) -> float:
+    """One SoC's per-inference cost (ms): the intercept of end-to-end = a x kernel sum + b,
+    non-negative, fitted in relative error. 0 when its timings put the whole cost on the
+    kernel sum (a SoC whose kernel sums are off by a constant factor): such a SoC says
+    nothing about the floor, and `fit_corrector` takes the least of the others'."""
+    from scipy.optimize import nnls  # fitting only
+
+    if len(e2e) < 3:
+        return 0.0
+    a = np.column_stack([kernel_sums, np.ones(len(e2e))]) / e2e[:, None]
+    coef, _ = nnls(a, np.ones(len(e2e)))
+    return float(coef[1])
 
 
 def fit_transfer(
