@@ -82,7 +82,9 @@ def test_answers_cross_the_pipe_exactly(est: Estimator, light_models: list[Path]
 
 
 def test_leti_never_imports_pickle() -> None:
-    """Nothing leti loads is unpickled: no module of the package imports pickle."""
+    """No module of the package imports pickle: models, measurements, uploads and the answers
+    of predict_many's workers travel as JSON or raw bytes. (`leti evaluate --jobs` hands its
+    own task and result objects between its own processes with concurrent.futures.)"""
     package = Path(__file__).resolve().parent.parent / "leti"
     users = [
         str(p.relative_to(package))
