@@ -261,8 +261,8 @@ def test_transpose_constant_and_matmul() -> None:
     ]
     model = _model(nodes, [_f32("x", [1, 24])], [_f32("y", None)], [_weight("m", 4, 5)])
     g = parse_graph(model)
-    const, reshape, transpose, matmul = g.layers
-    assert "s" in g.initializers and const.output_shapes == ((3,),)
+    reshape, transpose, matmul = g.layers  # a Constant is a weight, not a layer
+    assert "s" in g.initializers
     assert reshape.output_shapes == ((1, 4, 6),) and reshape.params == 3
     assert transpose.attrs == (("perm", (0, 2, 1)),)
     assert matmul.output_shapes == ((1, 6, 5),) and matmul.flops == 2 * 6 * 5 * 4
@@ -300,6 +300,47 @@ def test_cycle_and_dangling_input_are_graph_errors() -> None:
     dangling = [helper.make_node("Add", ["x", "ghost"], ["y"])]
     with pytest.raises(GraphError, match="ghost"):
         parse_graph(_model(dangling, [_f32("x", [2])], [_f32("y", None)]))
+
+
+def test_nodes_computed_from_constants_are_weights_not_layers() -> None:
+    """A Constant, a ConstantOfShape of one (light models' weights) and a Transpose of a
+    weight are no layers: their outputs join the initializers, their shapes still reach the
+    layers that read them, and the other layers keep the names they had."""
+    dims = helper.make_tensor("dims", TensorProto.INT64, [2], [5, 4])
+    nodes = [
+        helper.make_node("Constant", [], ["d"], value=dims, name="mm"),
+        helper.make_node("ConstantOfShape", ["d"], ["w"]),
+        helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+        helper.make_node("MatMul", ["x", "wt"], ["y"], name="mm"),
+        helper.make_node("RandomNormalLike", ["x"], ["n"]),
+        helper.make_node("Add", ["y", "n"], ["z"]),
+    ]
+    g = parse_graph(_model(nodes, [_f32("x", [1, 4])], [_f32("z", None)]))
+    assert [la.op_type for la in g.layers] == ["MatMul", "RandomNormalLike", "Add"]
+    assert {"d", "w", "wt"} <= g.initializers
+    matmul = g.layers[0]
+    assert matmul.name == "mm_3" and matmul.input_shapes == ((1, 4), (4, 5))
+    assert matmul.params == 20 and matmul.output_shapes == ((1, 5),)
+
+
+def test_an_if_on_a_constant_condition_is_never_folded() -> None:
+    """Its branches compute on the outer graph's activations: it stays a layer, and the plan
+    reports it unsupported rather than counting it as 0 ms."""
+    from leti.frontend.fusion import plan
+
+    then_graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["t"])], "then", [], [_f32("t", [1, 4])]
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])], "else", [], [_f32("e", [1, 4])]
+    )
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    node = helper.make_node(
+        "If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph, name="branch"
+    )
+    g = parse_graph(_model([node], [_f32("x", [1, 4])], [_f32("y", [1, 4])], [cond]))
+    assert [la.name for la in g.layers] == ["branch"]
+    assert [la.name for la in plan(g, "tflite-gpu").unsupported] == ["branch"]
 
 
 def test_subgraph_op_is_one_layer() -> None:

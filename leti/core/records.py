@@ -59,13 +59,18 @@ class Layer(NamedTuple):
 
 @dataclass(frozen=True)
 class Graph:
-    """A parsed model: its layers in topological order and where tensors come from."""
+    """A parsed model: its layers in topological order and where tensors come from.
+
+    A node computed from constants only (a `Constant`, the `ConstantOfShape` that builds a
+    light model's weight, a `Transpose` of a weight) is no layer: a runtime folds it when it
+    converts the model, so its outputs are listed with the initializers instead."""
 
     name: str
     layers: tuple[Layer, ...]
     inputs: tuple[tuple[str, Shape], ...]
     outputs: tuple[str, ...]
-    initializers: frozenset[str]  # names of weight tensors (not activations)
+    # names of weight tensors (not activations): initializers and constant-only nodes' outputs
+    initializers: frozenset[str]
     sha256: str = ""
 
 

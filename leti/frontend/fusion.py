@@ -31,7 +31,7 @@ from importlib import resources
 
 from leti.core.records import CONV_KINDS, Graph, Kernel, KernelPlan, Layer, Shape
 from leti.core.socs import default_runtime
-from leti.frontend.shapes import RNN_GATES, attention_sizes, numel, rnn_sizes
+from leti.frontend.shapes import NEVER_FOLDED, RNN_GATES, attention_sizes, numel, rnn_sizes
 
 # Quantized op types. A mobile GPU runtime (TFLite GPU delegate, ncnn Vulkan) runs a quantized
 # graph in float: these keep their ONNX name in `Kernel.op_type` / `Layer.op_type` so that an
@@ -134,6 +134,8 @@ def _index(graph: Graph) -> tuple[dict[str, int], dict[str, list[Layer]], set[st
         if layer.op_type in _FOLDED_AT_CONVERSION:
             const.update(layer.outputs)
             continue
+        if layer.op_type in NEVER_FOLDED:
+            continue
         for t in layer.inputs:
             if t and t not in const:
                 break
@@ -204,7 +206,7 @@ def _canonical_ops(graph: Graph) -> list[_Op]:
         if layer.op_type in _FOLDED_AT_CONVERSION:
             continue  # folded at conversion time: never launched
         rin = [t for t in layer.inputs if t and t not in const]
-        if not rin:
+        if not rin and layer.op_type not in NEVER_FOLDED:
             continue  # computed from constants only: folded at conversion time too
         if layer.op_type == "Add":
             hs = hard_swish_from(layer)

@@ -34,6 +34,7 @@ from leti.core.errors import (
 )
 from leti.core.records import Graph, Layer, Shape
 from leti.frontend.shapes import (
+    NEVER_FOLDED,
     SAME_SHAPE_OPS,
     Consts,
     Node,
@@ -82,11 +83,6 @@ OWN_SHAPE_OPS = frozenset(
         "QLinearMatMul", "MatMulInteger", "Constant", "ConstantOfShape", "Shape",
     }
 )  # fmt: skip
-
-# Ops whose outputs are not a function of their inputs: never constant-folded.
-_NONDETERMINISTIC = frozenset(
-    {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
-)
 
 
 # ---------------------------------------------------------------------------- limits
@@ -663,7 +659,7 @@ def _walk(
     layers: list[Layer] = []
     used: set[str] = set()
     get = shapes.get
-    nondeterministic = _NONDETERMINISTIC
+    nondeterministic = NEVER_FOLDED
     same_shape = SAME_SHAPE_OPS
     for idx in order:
         node = nodes[idx]
@@ -673,10 +669,11 @@ def _walk(
         outputs = node.outputs
         # Constant outputs, and outputs computed only from constants, count as weights
         # (`_track_constants`, inlined: this loop runs once per node of every graph).
+        from_consts = False
         if op == "Constant":
             _track_constants(node, node_attrs, shapes, consts, const_names)
+            from_consts = True
         elif op not in nondeterministic:
-            from_consts = False
             for i in inputs:
                 if i:
                     if i not in const_names:
@@ -721,7 +718,9 @@ def _walk(
             layer_name = f"{layer_name}_{idx}"
             while layer_name in used:
                 layer_name += "_"
-        used.add(layer_name)
+        used.add(layer_name)  # a constant's name too: the names of the others do not change
+        if from_consts:  # a weight, not a layer: its outputs join the graph's initializers
+            continue
         layers.append(
             build_layer(op, layer_name, inputs, outputs, node_attrs, ins, outs, const_names)
         )
@@ -756,7 +755,7 @@ def _track_constants(
         const_names.add(out)
     elif (
         any(node.inputs)
-        and node.op not in _NONDETERMINISTIC
+        and node.op not in NEVER_FOLDED
         and all(not i or i in const_names for i in node.inputs)
     ):
         const_names.update(o for o in node.outputs if o)

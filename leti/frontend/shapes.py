@@ -33,6 +33,16 @@ GLOBAL_POOL_OPS = frozenset(
     {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "QLinearGlobalAveragePool"}
 )
 # Recurrent layers and their gate count: an LSTM computes 4 gates, a GRU 3, a plain RNN 1.
+#: Ops never constant-folded, whatever their inputs: their outputs are not a function of their
+#: inputs (random ops), or they run subgraphs that read the outer graph's tensors without
+#: naming them as inputs (an `If` on a constant condition still computes on activations).
+NEVER_FOLDED = frozenset(
+    {
+        "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+        "If", "Loop", "Scan",
+    }
+)  # fmt: skip
+
 RNN_GATES: Mapping[str, int] = {"LSTM": 4, "GRU": 3, "RNN": 1}
 # Matrix products and the input index of their B operand (A is input 0): the quantized forms
 # (QLinearMatMul takes a, a_scale, a_zero_point, b, ...) and onnxruntime's fused ones.
