@@ -614,7 +614,9 @@ def _parse(
         if dims is not None:
             known[sp.values.name] = dims
 
-    attrs = [_attrs(node.proto) for node in nodes]
+    # a ConstantOfShape's one attribute is its value, a tensor `_attrs` skips: not read at all
+    # (a light model has hundreds, one per weight)
+    attrs = [{} if node.op == "ConstantOfShape" else _attrs(node.proto) for node in nodes]
     walked = None
     if OWN_SHAPE_OPS.issuperset(node.op for node in nodes):
         # leti's own rules first: ONNX's inference (a serialized copy, C++ inference, its
