@@ -36,7 +36,7 @@ from leti.frontend.graph import GraphBytes, max_graph_layers, parse_graph, read_
 from leti.models import class_scales
 from leti.models.calibration import CalibrationMap
 from leti.models.kernel_cost import KernelCosts
-from leti.models.overhead import GraphOverhead, load_graph_stage
+from leti.models.overhead import load_graph_stage
 from leti.models.regressors import (
     GraphCorrection,
     GraphCorrector,
@@ -265,7 +265,7 @@ class Estimator:
                 LayerTime(k.name, k.op_type, label, t, k.priced, names, ins, outs, flops, share)
             )
         standalone = np.zeros(0)
-        if isinstance(self.corrector, GraphOverhead) and plan.overhead:
+        if plan.overhead and self._prices_standalone_ops:
             standalone = self.corrector.standalone_ms(
                 [_output_elements(la) for la in plan.overhead]
             )
@@ -290,6 +290,12 @@ class Estimator:
             )
         return tuple(layers)
 
+    @property
+    def _prices_standalone_ops(self) -> bool:
+        """Whether the graph stage prices each standalone op on its own (a structural stage
+        does; a free-form corrector covers them in the graph-level rest)."""
+        return callable(getattr(self.corrector, "standalone_ms", None))
+
     def _notes(
         self, plan: KernelPlan, unsupported: Sequence[Unsupported], widened: Sequence[str]
     ) -> tuple[str, ...]:
@@ -299,7 +305,7 @@ class Estimator:
             n = sum(u.count for u in unsupported)
             ops = ", ".join(u.op for u in unsupported)
             notes.append(f"total_ms excludes {n} unsupported layer(s) ({ops}): no latency model")
-        if plan.overhead and isinstance(self.corrector, GraphOverhead):
+        if plan.overhead and self._prices_standalone_ops:
             notes.append(
                 f"{len(plan.overhead)} standalone layer(s) have no per-kernel measurements: "
                 "each is priced analytically by the graph stage (a cost per op and per element)"
