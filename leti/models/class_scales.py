@@ -199,10 +199,11 @@ def combine(
     model by the share of the base time that runs on the CPU (`class_share`): the map of the
     GPU time knows nothing of it, the class model's `cpu_fallback` weight does. With no int8
     kernels this is the plain geometric mean; an all-int8 graph gets the class model."""
+    la, cm = np.maximum(log_affine_ms, 1e-12), np.maximum(class_ms, 1e-12)
     w = 0.5 + 0.5 * np.clip(np.asarray(cpu_share, float), 0.0, 1.0)
-    la = np.log(np.maximum(log_affine_ms, 1e-12))
-    cm = np.log(np.maximum(class_ms, 1e-12))
-    return np.exp((1 - w) * la + w * cm)
+    # the plain geometric mean exactly as before where nothing runs on the CPU (bit for bit)
+    leaned = np.exp((1 - w) * np.log(la) + w * np.log(cm))
+    return np.where(w == 0.5, np.sqrt(la * cm), leaned)
 
 
 def learn_prior(groups: Sequence[tuple[np.ndarray, np.ndarray]], source: str) -> ClassPrior:
