@@ -246,7 +246,7 @@ def test_a_legacy_five_term_calibration_answers_as_it_was_fitted(tmp_path, light
         Estimator.load("kirin9000", "ncnn-vulkan", models)
 
 
-def test_mostly_analytic_timings_set_the_class_half_only(tmp_path, light_dir, models):  # noqa: F811
+def test_mostly_analytic_timings_set_the_class_half_only(tmp_path, light_dir, models, capsys):  # noqa: F811
     """With class scales, a timing mostly priced analytically (an int8 graph ncnn runs on the
     CPU; a 3-D conv here) is not rejected: the map half is fitted on the others, the class
     half on all, and the document says which timings the map did not see."""
@@ -273,3 +273,12 @@ def test_mostly_analytic_timings_set_the_class_half_only(tmp_path, light_dir, mo
     got = est.predict(odd).total_ms
     assert got == pytest.approx(doc["residuals"][-1]["calibrated_ms"], rel=1e-6)
     assert got > 2.5 * base[-1] * 1.5
+    # `leti calibrate` says which timing only the class half saw
+    from leti.cli import main as cli_main
+
+    rc = cli_main(
+        ["calibrate", "--soc", "sd888", "--runtime", "ncnn-vulkan", "--measurements", str(csv)]
+        + ["--models-dir", str(models)]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and f"{odd}: " in out and "(class scales only)" in out
