@@ -953,6 +953,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"calibrated {r['calibrated_ms']:.2f} "
             f"({100 * (math.exp(-r['log_residual']) - 1):+.1f}%)"
         )
+    for row in (doc.get("class_scales") or {}).get("class_only", []):
+        print(f"  line {row['line']} {row['graph']}: {row['why']} (class scales only)")
     path = calibration_path(_models_root(args.models_dir), doc["soc"], doc["runtime"])
     print(f"wrote {path} ({doc['model_version']})")
     if timings.rejected:

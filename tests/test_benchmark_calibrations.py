@@ -59,10 +59,16 @@ def test_the_calibration_names_its_source(shipped):
     assert src["section"].startswith("Qualcomm Snapdragon 888") and src["models"] == 35
     assert src["gpu_name"] == "Adreno (TM) 660" and "BSD-3" in src["licence"]
     assert len(src["data_sha256"]) == 64 and src["data_sha256"] == bench.data_sha256(DATA)
-    # the int8 graphs (layers on the CPU, priced analytically) are kept out of the fit, named
-    kept_out = {r["graph"] for r in doc["rejected"] if r["reason"] == MOSTLY_ANALYTIC_REASON}
-    assert kept_out and all("int8" in g for g in kept_out)
-    assert doc["k"] + len(kept_out) == 35
+    # the int8 graphs (layers on the CPU, priced analytically) are kept out of the fit, named:
+    # out of the map half only when the transfer manifest has a class prior (they set the
+    # class half's cpu_fallback weight), else rejected
+    if doc["class_scales"]:
+        kept_out = {r["graph"] for r in doc["class_scales"]["class_only"]}
+        assert doc["k"] == 35 and not doc["rejected"]
+    else:
+        kept_out = {r["graph"] for r in doc["rejected"] if r["reason"] == MOSTLY_ANALYTIC_REASON}
+        assert doc["k"] + len(kept_out) == 35
+    assert len(kept_out) == 8 and all("int8" in g for g in kept_out)
 
 
 def test_kirin9000_borrows_the_valhall_gpus_and_stays_transfer(shipped):
@@ -85,7 +91,9 @@ def test_kirin9000_borrows_the_valhall_gpus_and_stays_transfer(shipped):
     assert listed[("kirin9000", "ncnn-vulkan")]["provenance"] == "transfer"
     assert listed[("snapdragon888", "ncnn-vulkan")]["provenance"] == "calibrated"
     cal = listed[("snapdragon888", "ncnn-vulkan")]["calibration"]
-    assert cal["k"] == 27 and cal["base"]["runtime"] == "tflite-gpu" and cal["why"]
+    sd888 = json.loads((shipped / "snapdragon888/ncnn-vulkan/calibration.json").read_text())
+    assert cal["k"] == (35 if sd888["class_scales"] else 27)
+    assert cal["base"]["runtime"] == "tflite-gpu" and cal["why"]
     assert cal["source"]["section"].startswith("Qualcomm Snapdragon 888")
     assert "mali-g720-mc12" in listed[("kirin9000", "ncnn-vulkan")]["calibration"]["why"]
 

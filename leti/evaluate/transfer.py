@@ -226,7 +226,9 @@ def ncnn_predictions(pipe: transfer.TransferPipeline, target: Any) -> NcnnTable:
     def priced(hw: Any) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         """(predict_detail, class-scale terms) on `hw`, from one kernel-time prediction."""
         ms = transfer.kernel_sums(pipe.kernels, ns, hw, models)
-        terms = np.array([class_scales.class_terms(plans[m].kernels, ms[m]) for m in models])
+        terms = np.array(
+            [class_scales.class_terms(plans[m].kernels, ms[m], plans[m].overhead) for m in models]
+        )
         if not shares:
             shares.extend(calibration.analytic_share(plans[m], ms[m]) for m in models)
         return transfer.detail_from_kernel_ms(pipe, ns, models, ms), terms
@@ -273,12 +275,13 @@ def ncnn_class_prior(
     exclude_gpu: str | None = None,
     exclude_models: set[str] = frozenset(),
 ) -> class_scales.ClassPrior:
-    """The class-scale prior learned on the other GPUs' timings of the other models."""
+    """The class-scale prior learned on the other GPUs' timings of the other models (every
+    timing: the int8 graphs set the cpu_fallback weight, as they do in `leti calibrate`)."""
     groups = []
     for tb in tables:
         if tb.target.gpu.id == exclude_gpu:
             continue
-        keep = ~tb.frame["model"].isin(exclude_models).to_numpy() & _fit_rows(tb)
+        keep = ~tb.frame["model"].isin(exclude_models).to_numpy()
         groups.append((tb.terms["transfer"][keep], tb.frame["measured"].to_numpy(float)[keep]))
     return class_scales.learn_prior(
         groups, "ncnn benchmark (BSD-3): per-GPU fits of the mobile GPUs' Vulkan timings"
@@ -293,16 +296,21 @@ def _calibrate_cross(
     prior_sd: float,
 ):
     """The shipped cross-runtime calibration on rows `cal`, applied to rows `test`:
-    (calibrated, interval, base kept, map half alone, its form)."""
+    (calibrated, interval, base kept, map half alone, its form). As `leti calibrate`, the base
+    and the map half are fitted on the GPU-priced rows of `cal` (`_fit_rows`) and the class
+    half on all of them."""
     f = tb.frame
     y = f["measured"].to_numpy(float)[cal]
+    rows = _fit_rows(tb)[cal]
+    if rows.sum() < calibration.MIN_TIMINGS:
+        rows = np.ones(len(cal), bool)
     cols = ["transfer", *(c for c in f.columns if c.startswith("profile:"))]
     cands = {c: f[c].to_numpy(float)[cal] for c in cols}
-    cands = {c: v for c, v in cands.items() if np.isfinite(v).all()}
-    name, la = calibration.select_and_fit(cands, y, prior_sd)
+    cands = {c: v[rows] for c, v in cands.items() if np.isfinite(v).all()}
+    name, la = calibration.select_and_fit(cands, y[rows], prior_sd)
     base = f[name].to_numpy(float)
     fit = calibration.fit_cross_runtime(
-        base[cal], tb.terms[name][cal], y, prior, prior_sd, map_fit=la
+        base[cal], tb.terms[name][cal], y, prior, prior_sd, map_fit=la, map_rows=rows
     )
     test_terms = tb.terms[name][test]
     return fit.apply(base[test], test_terms), fit.interval, name, la.apply(base[test]), la.form
@@ -356,9 +364,10 @@ def ncnn_leave_one_out(
     tb: NcnnTable, priors: Sequence[class_scales.ClassPrior], prior_sd: float
 ) -> dict[str, Any] | None:
     """Each model predicted by the shipped calibration fitted on all of the GPU's other
-    timings (what `leti calibrate --from-benchmark` ships, minus the model), with the class
-    prior of the model's fold (learned without this GPU and without the fold's models).
-    Metrics over every model and over the GPU-priced ones (not mostly analytic)."""
+    timings (what `leti calibrate --from-benchmark` ships, minus the model: the map half on the
+    GPU-priced ones, the class half on all), with the class prior of the model's fold (learned
+    without this GPU and without the fold's models). Metrics over every model and over the
+    GPU-priced ones (not mostly analytic)."""
     f = tb.frame
     n = len(f)
     fit_rows = _fit_rows(tb)
@@ -368,7 +377,7 @@ def ncnn_leave_one_out(
     y = f["measured"].to_numpy(float)
     pred, inside = np.empty(n), np.empty(n, bool)
     for i in range(n):
-        cal = np.flatnonzero(fit_rows & (np.arange(n) != i))
+        cal = np.flatnonzero(np.arange(n) != i)
         p, (lo, hi), *_ = _calibrate_cross(tb, cal, np.array([i]), priors[fold[i]], prior_sd)
         pred[i] = p[0]
         lr = np.log(y[i] / p[0])

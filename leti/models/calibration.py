@@ -59,8 +59,11 @@ def offset_affine(
 def with_class_scales(
     mapped_ms: np.ndarray | float, terms: np.ndarray, log_weights: Sequence[float]
 ) -> np.ndarray:
-    """Geometric mean of the mapped answer and the class-scale model on the same base."""
-    return class_scales.combine(mapped_ms, class_scales.predict(terms, log_weights))
+    """Geometric mean of the mapped answer and the class-scale model on the same base, leaning
+    towards the class model by the graph's share of CPU-fallback time (`class_scales.combine`;
+    none for legacy five-term weights)."""
+    share = class_scales.class_share(terms) if len(log_weights) == len(class_scales.TERMS) else 0.0
+    return class_scales.combine(mapped_ms, class_scales.predict(terms, log_weights), share)
 
 
 @dataclass(frozen=True)

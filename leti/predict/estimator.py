@@ -227,7 +227,9 @@ class Estimator:
         if self.calibration is not None:
             terms = None
             if self.calibration.class_log_weights is not None:
-                terms = class_scales.class_terms(plan.kernels, ms)
+                terms = class_scales.class_terms(
+                    plan.kernels, ms, plan.overhead, len(self.calibration.class_log_weights)
+                )
             total = float(self.calibration.apply(total, terms))
             lo, hi = self.calibration.interval
         layers = self._breakdown(plan, ms, total, graph)

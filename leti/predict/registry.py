@@ -143,7 +143,8 @@ def read_calibration(models_dir: Path | None, soc: str, runtime: str) -> dict | 
         log.warning("%s: not a %s document; ignored", path, CALIBRATION_FORMAT)
         return None
     cls = doc.get("class_scales")
-    if cls and len(cls.get("log_weights", [])) != len(class_scales.TERMS):
+    n_weights = len(cls.get("log_weights", [])) if cls else 0
+    if cls and n_weights not in (len(class_scales.TERMS), len(class_scales.LEGACY_TERMS)):
         log.warning("%s: class scales with other terms; re-run `leti calibrate`; ignored", path)
         return None
     return doc
