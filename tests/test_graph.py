@@ -323,39 +323,33 @@ def test_nodes_computed_from_constants_are_weights_not_layers() -> None:
     assert matmul.params == 20 and matmul.output_shapes == ((1, 5),)
 
 
+def _if_on_a_constant() -> onnx.ModelProto:
+    """An If whose only input is a constant condition; its branches read the activation x."""
+    then_graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["t"])], "then", [], [_f32("t", [1, 4])]
+    )
+    else_graph = helper.make_graph(
+        [helper.make_node("Neg", ["x"], ["e"])], "else", [], [_f32("e", [1, 4])]
+    )
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    node = helper.make_node(
+        "If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph, name="branch"
+    )
+    return _model([node], [_f32("x", [1, 4])], [_f32("y", [1, 4])], [cond])
+
+
 def test_an_if_on_a_constant_condition_is_never_folded() -> None:
     """Its branches compute on the outer graph's activations: it stays a layer, and the plan
     reports it unsupported rather than counting it as 0 ms."""
     from leti.frontend.fusion import plan
 
-    then_graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["t"])], "then", [], [_f32("t", [1, 4])]
-    )
-    else_graph = helper.make_graph(
-        [helper.make_node("Neg", ["x"], ["e"])], "else", [], [_f32("e", [1, 4])]
-    )
-    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
-    node = helper.make_node(
-        "If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph, name="branch"
-    )
-    g = parse_graph(_model([node], [_f32("x", [1, 4])], [_f32("y", [1, 4])], [cond]))
+    g = parse_graph(_if_on_a_constant())
     assert [la.name for la in g.layers] == ["branch"]
     assert [la.name for la in plan(g, "tflite-gpu").unsupported] == ["branch"]
 
 
 def test_subgraph_op_is_one_layer() -> None:
-    then_graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["t"])], "then", [], [_f32("t", [1, 4])]
-    )
-    else_graph = helper.make_graph(
-        [helper.make_node("Neg", ["x"], ["e"])], "else", [], [_f32("e", [1, 4])]
-    )
-    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
-    node = helper.make_node(
-        "If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph, name="branch"
-    )
-    g = parse_graph(_model([node], [_f32("x", [1, 4])], [_f32("y", [1, 4])], [cond]))
-    (layer,) = g.layers
+    (layer,) = parse_graph(_if_on_a_constant()).layers
     assert layer.op_type == "If" and layer.attrs == ()  # graph attributes are skipped
 
 
