@@ -48,6 +48,25 @@ def base_totals(root: Path, soc: str, runtime: str, graphs: list[Path]) -> np.nd
     return np.array([base.predict(g).total_ms for g in graphs])
 
 
+def timings_with_a_mostly_analytic_graph(
+    tmp_path: Path, light_dir: Path, models: Path
+) -> tuple[Path, list[tuple[str, str]], np.ndarray]:
+    """(the odd graph, timing rows, base totals) on snapdragon888/ncnn-vulkan: four light
+    graphs timed at 2.5x their base, and a 3-D conv (priced mostly analytically, like the int8
+    graphs ncnn runs on the CPU) at 40x, last."""
+    import onnx
+
+    from tests.test_kernels import _conv3d
+
+    graphs = [light(light_dir, g) for g in GRAPHS[:4]]
+    odd = tmp_path / "conv3d.onnx"
+    onnx.save(_conv3d(frames=16, kd=3), odd)
+    base = base_totals(models, "snapdragon888", "ncnn-vulkan", [*graphs, odd])
+    rows = [(str(g), repr(float(2.5 * t))) for g, t in zip(graphs, base[:-1], strict=True)]
+    rows.append((str(odd), repr(float(40.0 * base[-1]))))
+    return odd, rows, base
+
+
 # --------------------------------------------------------------------------------------------
 # timings CSV
 
@@ -478,16 +497,7 @@ def test_a_timing_mostly_priced_analytically_is_kept_out_of_the_fit(tmp_path, li
     """A graph whose base time is mostly analytic (a 3-D conv here; the int8 graphs ncnn runs
     on the CPU in the public benchmark) says more about that op family than about the map:
     it is reported with its reason, and the map fits the others."""
-    import onnx
-
-    from tests.test_kernels import _conv3d
-
-    graphs = [light(light_dir, g) for g in GRAPHS[:4]]
-    odd = tmp_path / "conv3d.onnx"
-    onnx.save(_conv3d(frames=16, kd=3), odd)
-    base = base_totals(models, "snapdragon888", "ncnn-vulkan", [*graphs, odd])
-    rows = [(str(g), repr(float(2.5 * t))) for g, t in zip(graphs, base[:-1], strict=True)]
-    rows.append((str(odd), repr(float(40.0 * base[-1]))))
+    odd, rows, _ = timings_with_a_mostly_analytic_graph(tmp_path, light_dir, models)
     csv = write_timings_csv(tmp_path / "timings.csv", rows)
     doc, timings = calibration.calibrate("snapdragon888", "ncnn-vulkan", csv, models)
     assert doc["k"] == 4 and doc["a"] == pytest.approx(np.log(2.5), abs=1e-6)

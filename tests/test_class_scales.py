@@ -250,18 +250,10 @@ def test_mostly_analytic_timings_set_the_class_half_only(tmp_path, light_dir, mo
     """With class scales, a timing mostly priced analytically (an int8 graph ncnn runs on the
     CPU; a 3-D conv here) is not rejected: the map half is fitted on the others, the class
     half on all, and the document says which timings the map did not see."""
-    import onnx
-
-    from tests.test_calibration import base_totals
-    from tests.test_kernels import _conv3d
+    from tests.test_calibration import timings_with_a_mostly_analytic_graph
 
     set_class_prior(models, prior_at(TRUE).to_dict())
-    graphs = [light(light_dir, g) for g in GRAPHS[:4]]
-    odd = tmp_path / "conv3d.onnx"
-    onnx.save(_conv3d(frames=16, kd=3), odd)
-    base = base_totals(models, "snapdragon888", "ncnn-vulkan", [*graphs, odd])
-    rows = [(str(g), repr(float(2.5 * t))) for g, t in zip(graphs, base[:-1], strict=True)]
-    rows.append((str(odd), repr(float(40.0 * base[-1]))))
+    odd, rows, base = timings_with_a_mostly_analytic_graph(tmp_path, light_dir, models)
     csv = write_timings_csv(tmp_path / "timings.csv", rows)
     doc, _ = calibration.calibrate("snapdragon888", "ncnn-vulkan", csv, models)
     assert doc["k"] == 5 and not doc["rejected"] and len(doc["residuals"]) == 5
