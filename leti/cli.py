@@ -299,8 +299,8 @@ def _price(args: argparse.Namespace, paths: Sequence[Path], socs: Sequence[str])
 
 
 def _price_in_workers(args: argparse.Namespace, paths: Sequence[Path], socs: Sequence[str]):
-    """`_price` with `--jobs N`: each SoC's estimator prices the graphs in N worker processes
-    (`Estimator.predict_many(..., workers=N)`), which read and parse them too; the pool is
+    """`_price` with `--jobs N`: each SoC's estimator prices the graphs in N processes, this one
+    and N - 1 workers (`Estimator.predict_many(..., workers=N)`), which parse them too; the pool is
     stopped after each SoC. The parent parses a graph only for a trace (its node order)."""
     from leti.frontend.graph import parse_graph
     from leti.predict.estimator import Estimator
@@ -1322,8 +1322,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_int_at_least(0),
         default=1,
-        help="worker processes that read and price the graphs (default 1: this process; 0: "
-        "one per core); each SoC starts its own, about half a second each",
+        help="processes that price the graphs (default 1: this one; N: this one and N-1 worker "
+        "processes; 0: one per core); each SoC starts its own workers, about half a second each",
     )
     _add_progress(p)
     _add_models_dir(p)

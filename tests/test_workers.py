@@ -10,15 +10,17 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import requests
 
 from leti.core.errors import SymbolicShapeError
+from leti.core.records import LayerTime
 from leti.predict import workers
 from leti.predict.estimator import Estimator
-from leti.predict.workers import answer_doc, answer_from_doc, balanced_chunks, shutdown_pools
+from leti.predict.workers import balanced_chunks, decode_answers, encode_answers, shutdown_pools
 from leti.service.server import BackgroundServer, prefork_available
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -56,8 +58,6 @@ def test_an_estimator_workers_cannot_load_is_priced_in_this_process(
     est: Estimator, light_models: list[Path]
 ) -> None:
     """A `replace`d estimator has no recipe a worker could follow: no pool, same answers."""
-    from dataclasses import replace
-
     other = replace(est, log_interval=(-0.5, 0.5))
     assert est.origin is not None and other.origin is None
     sources = [p.read_bytes() for p in light_models[:3]]
@@ -70,15 +70,53 @@ def test_an_estimator_workers_cannot_load_is_priced_in_this_process(
 
 
 def test_answers_cross_the_pipe_exactly(est: Estimator, light_models: list[Path]) -> None:
-    """The JSON codec gives back an equal answer: floats exact, tuples, unknown shapes, an
-    error's class and its extra attributes."""
-    pred = est.predict(light_models[0])
-    doc = json.loads(json.dumps(answer_doc(pred)))
-    assert answer_from_doc(doc) == pred
+    """The MessagePack codec gives back equal answers: floats exact, tuples, unknown shapes,
+    breakdown lines as LayerTime, an error's class and its extra attributes (a list stays a
+    list)."""
+    preds = [est.predict(p) for p in light_models[:3]]
+    line = preds[0].layers[0]
+    odd = replace(preds[0], layers=(line._replace(input_shapes=(None, (1, 3))),), notes=("n",))
     err = SymbolicShapeError("give a shape", input_name="x")
-    back = answer_from_doc(json.loads(json.dumps(answer_doc(err))))
-    assert type(back) is SymbolicShapeError and str(back) == str(err)
-    assert back.input_name == "x" and back.kind == err.kind and back.status == 422
+    err.extra = [1, "two"]
+    back = decode_answers(encode_answers([*preds, odd, err]))
+    assert back[:4] == [*preds, odd]
+    assert all(type(lt) is LayerTime for p in back[:4] for lt in p.layers)
+    assert isinstance(back[0].total_ms, float) and back[0].total_ms == preds[0].total_ms
+    err_back = back[4]
+    assert type(err_back) is SymbolicShapeError and str(err_back) == str(err)
+    assert err_back.input_name == "x" and err_back.kind == err.kind and err_back.status == 422
+    assert err_back.extra == [1, "two"]
+
+
+def test_three_processes_answer_alike_and_a_failed_batch_drops_the_pool(
+    light_models: list[Path], monkeypatch
+) -> None:
+    """workers=3 is this process and two worker processes. An unexpected failure in this
+    process's own share leaves the workers' answers in their pipes: that pool is never used
+    again, and the next batch starts a new one and answers right."""
+    monkeypatch.setenv("LETI_CACHE_MB", "0")
+    est = Estimator.load("snapdragon855")
+    sources = [p.read_bytes() for p in light_models]
+    one = est.predict_many(sources)
+    try:
+        assert est.predict_many(sources, workers=3) == one
+        first = workers._POOLS[id(est)]
+        assert isinstance(first, workers.Pool) and len(first.workers) == 2
+
+        def boom(*args, **kwargs):
+            raise MemoryError("simulated")
+
+        monkeypatch.setattr(Estimator, "_predict_sources", boom)
+        with pytest.raises(MemoryError):
+            est.predict_many(sources, workers=3)
+        assert first.broken and workers._POOLS.get(id(est)) is None
+        assert all(w.proc.wait(10) is not None for w in first.workers)
+        monkeypatch.undo()
+        monkeypatch.setenv("LETI_CACHE_MB", "0")
+        assert est.predict_many(sources, workers=3) == one
+        assert workers._POOLS[id(est)] is not first
+    finally:
+        shutdown_pools()
 
 
 def test_leti_never_imports_pickle() -> None:
@@ -108,6 +146,15 @@ def test_balanced_chunks_cover_every_graph_once_with_even_totals() -> None:
     assert totals == sorted(totals, reverse=True)
     assert max(totals) - min(totals) <= max(sizes)
     assert balanced_chunks([5], 4) == [[0]] and balanced_chunks([], 4) == []
+
+
+def test_the_callers_chunk_comes_last_lighter_by_its_lead() -> None:
+    """The calling process also sends and decodes: its chunk (the last) starts `lead` behind."""
+    sizes = [10] * 60
+    chunks = balanced_chunks(sizes, 2, lead=100)
+    assert sorted(i for c in chunks for i in c) == list(range(60))
+    assert [len(c) for c in chunks] == [35, 25]
+    assert [len(c) for c in balanced_chunks(sizes, 2)] == [30, 30]
 
 
 def test_predict_jobs_gives_the_same_table(light_dir: Path) -> None:

@@ -51,7 +51,7 @@ from leti.models.regressors import (
 )
 from leti.models.transfer import TransferModel
 from leti.models.uncertainty import widening
-from leti.predict import registry
+from leti.predict import collector, registry
 from leti.predict.cache import AnswerCache, shapes_key
 from leti.predict.registry import KERNEL_SUM_TOTAL, BaseChoice, ModelChoice, Total
 
@@ -132,8 +132,9 @@ class Estimator:
         key = self._cache_key(read, input_shapes, max_layers)
         answer = self.answers.get(key)
         if answer is None:
-            graph = parse_graph(read, input_shapes, max_layers=max_layers)
-            answer = self.predict_plan(plan_kernels(graph, self.runtime), graph)
+            with collector.paused():
+                graph = parse_graph(read, input_shapes, max_layers=max_layers)
+                answer = self.predict_plan(plan_kernels(graph, self.runtime), graph)
             self.answers.put(key, answer)
         return answer
 
@@ -354,9 +355,9 @@ class Estimator:
         """One result per graph, in order; a bad graph yields its error, not an exception.
 
         The regressors run once for the whole batch, which is what makes NAS-sized batches fast.
-        `workers` > 1 splits the batch across that many processes (`leti.predict.workers`:
-        fresh interpreters that load the same saved models, kept for later calls); 0 means one
-        per core. A batch of parsed `Graph`s, or an estimator not built by `load`, is priced in
+        `workers` > 1 splits the batch across that many processes, this one and `workers` - 1
+        worker processes (`leti.predict.workers`: fresh interpreters that load the same saved
+        models, kept for later calls); 0 means one per core. A batch of parsed `Graph`s, or an estimator not built by `load`, is priced in
         this process. Answers in the cache are not priced again, and the others join it.
         """
         out: list[Any] = [None] * len(sources)
@@ -410,7 +411,14 @@ class Estimator:
     def _predict_sources(
         self, sources: Sequence[GraphBytes | Graph], input_shapes, max_layers: int | None
     ) -> list[Prediction | LetiError]:
-        """Parse and plan each graph, then price all of them together."""
+        """Parse and plan each graph, then price all of them together (the collector paused:
+        `leti.predict.collector`)."""
+        with collector.paused():
+            return self._price_sources(sources, input_shapes, max_layers)
+
+    def _price_sources(
+        self, sources: Sequence[GraphBytes | Graph], input_shapes, max_layers: int | None
+    ) -> list[Prediction | LetiError]:
         out: list[Any] = [None] * len(sources)
         todo: list[tuple[int, KernelPlan, Graph]] = []
         for i, src in enumerate(sources):

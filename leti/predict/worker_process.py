@@ -1,21 +1,23 @@
 """A worker process of `leti.predict.workers` (`python -m leti.predict.worker_process`): it
 loads the estimator the parent names from the saved models and prices the batches it is sent.
-The frames and the JSON codec are `leti.predict.workers`'."""
+The frames and the codec are `leti.predict.workers`'."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
 from leti.core.errors import LetiError
 from leti.frontend.graph import GraphBytes
 from leti.predict.estimator import Estimator
-from leti.predict.workers import answer_doc, receive, receive_json, send_json
+from leti.predict.workers import encode_answers, receive, receive_json, send, send_json
 
 
 def _serve() -> None:
     """A worker's loop: the recipe (answered with the model version it loaded), then batches of
-    (a JSON head, one frame of bytes per graph), each answered with a JSON list."""
+    (a JSON head, one frame of bytes per graph), each answered with one frame of MessagePack
+    (`encode_answers`)."""
     inp = sys.stdin.buffer
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not reach the pipe
@@ -27,6 +29,10 @@ def _serve() -> None:
         out.flush()
         return
     estimator.answers.max_bytes = 0  # the parent keeps the answers
+    # The loaded models live as long as the process: keep them out of every collection, so the
+    # collector only walks what a batch makes (the pre-fork server does the same, server.py).
+    gc.collect()
+    gc.freeze()
     send_json(out, {"model_version": estimator.model_version})
     out.flush()
     while True:
@@ -38,7 +44,8 @@ def _serve() -> None:
         answers = estimator.predict_many(
             sources, head["input_shapes"], max_layers=head["max_layers"]
         )
-        send_json(out, [answer_doc(a) for a in answers])
+        del sources
+        send(out, encode_answers(answers))
         out.flush()
 
 
