@@ -14,7 +14,7 @@ rounds, because the machine may be shared: absolute times from different runs do
   for the floor;
 - `predict_many` over the zoo graphs in one process, against the floor and, with
   `--baseline-rev`, against that revision of leti (its `leti/` from git, run in a subprocess on
-  the same models), and with 2 worker processes against 1;
+  the same models), and with `workers=2` (this process and one worker process) against 1;
 - an answer-cache hit;
 - cold start: a fresh interpreter's `import leti; Estimator.load(...).predict(...)`, its RSS,
   and which heavy modules it imported; the RSS with every model loaded.
@@ -377,16 +377,16 @@ def _batch(est: Estimator, blobs: list[bytes], args: argparse.Namespace) -> list
         "## Batch throughput",
         "",
         f"`Estimator.predict_many` over the {n} zoo graphs, {rounds} rounds ({errors} errors; "
-        f"2 workers give {'the same' if same else 'DIFFERENT'} answers as 1 process); the "
+        f"2 processes give {'the same' if same else 'DIFFERENT'} answers as 1); the "
         "gains below are medians of each round's own ratio:",
         "",
         "| | graphs/s | ratio to the floor |",
         "|---|---:|---:|",
         f"| floor (load + shape inference, one process) | {n / fl:.1f} | 1.00x |",
         f"| predict_many, one process | **{n / one:.1f}** | {one / fl:.2f}x |",
-        f"| predict_many, 2 worker processes (warm pool) | **{n / two_w:.1f}** | "
-        f"{two_w / fl:.2f}x |",
-        f"| (starting the 2 workers, once per estimator) | {start_up:.2f} s | |",
+        f"| predict_many, workers=2 (this process + 1 worker process, warm) | "
+        f"**{n / two_w:.1f}** | {two_w / fl:.2f}x |",
+        f"| (starting the worker, once per estimator) | {start_up:.2f} s | |",
     ]
     if t_base:
         lines.append(
@@ -401,7 +401,7 @@ def _batch(est: Estimator, blobs: list[bytes], args: argparse.Namespace) -> list
             f"{TARGETS['batch']:.0f}x: {'met' if gain >= TARGETS['batch'] else 'NOT met'}."
         )
     lines += [
-        f"2 workers: **{scale:.2f}x** one process; target >= {TARGETS['workers']:.1f}x on an "
+        f"workers=2: **{scale:.2f}x** one process; target >= {TARGETS['workers']:.1f}x on an "
         f"idle 2-core machine: {'met' if scale >= TARGETS['workers'] else 'NOT met'} "
         f"(load average {os.getloadavg()[0]:.1f} now).",
         "",
