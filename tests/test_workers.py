@@ -172,7 +172,8 @@ def test_predict_jobs_gives_the_same_table(light_dir: Path) -> None:
 def test_a_forked_worker_answers_after_the_parent_loaded_models(light_dir: Path) -> None:
     """Two gunicorn workers forked after the master preloaded snapdragon855: concurrent
     requests all answer, those for a model no one preloaded too (loaded in a worker, after
-    the fork), the same numbers one process gives; and SIGTERM stops every process."""
+    the fork), the same numbers one process gives, each on a connection of its own; and
+    SIGTERM stops every process."""
     body = (light_dir / "light_squeezenet.onnx").read_bytes()
     want = {
         soc: Estimator.load(soc).predict(body).to_dict(layers=False)
@@ -188,6 +189,8 @@ def test_a_forked_worker_answers_after_the_parent_loaded_models(light_dir: Path)
                 f"{srv.url}/predict?soc={soc}&layers=false", data=body, headers=OCTET, timeout=60
             )
             assert r.status_code == 200, r.text
+            # a kept-alive connection would stay with one worker: each answer closes it
+            assert r.headers.get("Connection", "").lower() == "close"
             return r.json()
 
         with ThreadPoolExecutor(8) as pool:

@@ -114,7 +114,12 @@ def serve_workers(
         "threads": threads,
         "timeout": 120,
         "graceful_timeout": 10,
-        "keepalive": 5,
+        # A kept-alive connection stays with the worker that accepted it: 16 keep-alive clients
+        # served 185-386 req/s on 2 workers by how their connections happened to fall (all on
+        # one worker: one worker's rate), 282-376 when each request comes on a new connection,
+        # taken by whichever worker is free (ab -k, mobilenetv2, 2 cores). The price is a TCP
+        # connection per request; a load balancer in front keeps its clients' connections alive.
+        "keepalive": 0,
         "backlog": max(2048, workers * threads * 8),
         "accesslog": None,
         "errorlog": "-",
