@@ -357,8 +357,9 @@ class Estimator:
         The regressors run once for the whole batch, which is what makes NAS-sized batches fast.
         `workers` > 1 splits the batch across that many processes, this one and `workers` - 1
         worker processes (`leti.predict.workers`: fresh interpreters that load the same saved
-        models, kept for later calls); 0 means one per core. A batch of parsed `Graph`s, or an estimator not built by `load`, is priced in
-        this process. Answers in the cache are not priced again, and the others join it.
+        models, kept for later calls); 0 means one per core. A batch of parsed `Graph`s, or an
+        estimator not built by `load`, is priced in this process. Answers in the cache are not
+        priced again, and the others join it.
         """
         out: list[Any] = [None] * len(sources)
         todo: list[tuple[int, Any, Hashable | None]] = []  # (index, source, cache key)
