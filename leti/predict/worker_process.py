@@ -44,7 +44,6 @@ def _serve() -> None:
         answers = estimator.predict_many(
             sources, head["input_shapes"], max_layers=head["max_layers"]
         )
-        del sources
         send(out, encode_answers(answers))
         out.flush()
 

@@ -64,7 +64,7 @@ CALLER_LEAD = 0.03
 PIPE_BYTES = 1 << 20
 
 
-# -- frames and the JSON codec -----------------------------------------------------------------
+# -- frames and the codec ---------------------------------------------------------------------
 def send(stream: IO[bytes], data: bytes) -> None:
     stream.write(len(data).to_bytes(8, "little"))
     stream.write(data)
