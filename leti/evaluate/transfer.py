@@ -91,6 +91,11 @@ class CalibratedRun:
     picks: dict[str, float]  # which base the calibrations kept, share of fits
     log_affine: dict[str, float] | None = None  # cross-runtime: the map half alone
     forms: dict[str, float] | None = None  # which map form the calibrations kept, share of fits
+    # ncnn: the GPU-priced test models only (not the int8 graphs ncnn runs on the CPU)
+    gpu_priced: dict[str, float] | None = None
+    # ncnn: the protocol of the approximate ONNX figures on the exact graphs (its models only,
+    # calibrated on k of them), so the two stand side by side
+    same_models: dict[str, float] | None = None
 
 
 def _pick_share(picks: Sequence[str]) -> dict[str, float]:
@@ -317,10 +322,16 @@ def _calibrate_cross(
 
 
 def ncnn_calibrated(
-    tb: NcnnTable, priors: Sequence[class_scales.ClassPrior], k: int, prior_sd: float
+    tb: NcnnTable,
+    priors: Sequence[class_scales.ClassPrior],
+    k: int,
+    prior_sd: float,
+    same: np.ndarray | None = None,
 ) -> CalibratedRun | None:
     """Grouped folds: a fold's models are test models, calibration draws k of the others, and
-    the class prior (`priors[fold]`) never saw the fold's models nor this GPU."""
+    the class prior (`priors[fold]`) never saw the fold's models nor this GPU. With `same` (a
+    mask of models), also the protocol where test and calibration models are drawn from those
+    models only (the approximate ONNX figures' 15 classification models)."""
     f = tb.frame
     n = len(f)
     fold = _ncnn_folds(n, tb.target.gpu.id)
@@ -330,8 +341,10 @@ def ncnn_calibrated(
     y = f["measured"].to_numpy(float)
     flops = f["flops"].to_numpy(float)
     runs, la_runs, fl_runs, inside, resid, picks, forms = [], [], [], [], [], [], []
+    gpu_runs, same_runs = [], []
     for r in range(DRAWS):
         pred, la_pred, fpred = np.empty(n), np.empty(n), np.empty(n)
+        same_pred = np.full(n, np.nan)
         for i in range(NCNN_FOLDS):
             test = np.flatnonzero(fold == i)
             pool = np.flatnonzero((fold != i) & fit_rows)
@@ -346,7 +359,15 @@ def ncnn_calibrated(
             lr = np.log(y[test] / p)
             inside.extend((lr >= lo) & (lr <= hi))
             resid.extend(lr)
+            if same is not None:
+                own = np.flatnonzero((fold != i) & fit_rows & same)
+                if len(own) >= k:
+                    cal = rng.choice(own, size=k, replace=False)
+                    same_pred[test] = _calibrate_cross(tb, cal, test, priors[i], prior_sd)[0]
         runs.append(metrics(pred, y))
+        gpu_runs.append(metrics(pred[fit_rows], y[fit_rows]))
+        if same is not None and np.isfinite(same_pred[same]).all():
+            same_runs.append(metrics(same_pred[same], y[same]))
         la_runs.append(metrics(la_pred, y))
         fl_runs.append(metrics(fpred, y))
     return CalibratedRun(
@@ -357,6 +378,8 @@ def ncnn_calibrated(
         _pick_share(picks),
         log_affine=mean_metrics(la_runs),
         forms=_pick_share(forms),
+        gpu_priced=mean_metrics(gpu_runs),
+        same_models=mean_metrics(same_runs) if same_runs else None,
     )
 
 
@@ -424,7 +447,11 @@ def ncnn_tables(
 
 
 def evaluate_ncnn(
-    tables: Sequence[NcnnTable], sets: Mapping[str, Any], prior_sd: float, loo: bool = True
+    tables: Sequence[NcnnTable],
+    sets: Mapping[str, Any],
+    prior_sd: float,
+    loo: bool = True,
+    approx_models: set[str] = frozenset(),
 ) -> list[NcnnResult]:
     flops82 = {m: plan_flops(p) for s in sets for m, p in sets[s].plans.items()}
     logo = ncnn_leave_one_gpu_out(tables)
@@ -446,8 +473,9 @@ def evaluate_ncnn(
             for i in range(NCNN_FOLDS)
         ]
         cal = {}
+        same = np.isin(models, sorted(approx_models)) if approx_models else None
         for k in KS:
-            run = ncnn_calibrated(tb, priors, k, prior_sd)
+            run = ncnn_calibrated(tb, priors, k, prior_sd, same if k == 5 else None)
             if run is not None:
                 cal[k] = run
         out.append(
@@ -502,6 +530,13 @@ class TransferReport:
             doc["ncnn_k5_beats_flops_mape"] = sum(r.leti["mape"] < r.flops["mape"] for r in runs)
             doc["ncnn_k5_beats_flops_acc20"] = sum(r.leti["acc20"] > r.flops["acc20"] for r in runs)
             doc["ncnn_targets"] = len(runs)
+            doc["ncnn_k5_gpu_priced_median_acc20"] = float(
+                np.median([r.gpu_priced["acc20"] for r in runs if r.gpu_priced])
+            )
+            same = [r.same_models["acc20"] for r in runs if r.same_models]
+            if same:
+                doc["ncnn_k5_same_models_median_acc20"] = float(np.median(same))
+                doc["ncnn_k5_same_models_targets"] = len(same)
         for r in self.ncnn:
             if r.loo is not None and r.target.gpu.id in NAMED_NCNN_GPUS:
                 doc[f"ncnn_loo_acc20_{r.target.gpu.id}"] = r.loo["all"]["acc20"]
@@ -543,6 +578,8 @@ class TransferReport:
                             "bases_kept": c.picks,
                             "log_affine_alone": c.log_affine,  # the map half, either form
                             "forms_kept": c.forms,
+                            "gpu_priced": c.gpu_priced,
+                            "approximate_onnx_models_only": c.same_models,
                         }
                         for k, c in r.calibrated.items()
                     },
@@ -588,7 +625,12 @@ def run(
         resid = [r.calibrated[5].log_residuals for r in probe_n if 5 in r.calibrated]
         if resid:
             prior["cross_runtime"] = _rms(np.concatenate(resid))
-        ncnn = evaluate_ncnn(tables, sets, prior.get("cross_runtime", calibration.DEFAULT_PRIOR_SD))
+        ncnn = evaluate_ncnn(
+            tables,
+            sets,
+            prior.get("cross_runtime", calibration.DEFAULT_PRIOR_SD),
+            approx_models=approximate_models(shared),
+        )
         class_prior = {
             **ncnn_class_prior(tables).to_dict(),
             "data": {
@@ -614,6 +656,17 @@ def run(
         ncnn_approximate=approximate_onnx_figures(DEFAULT_OUT.with_suffix(".json")),
     )
     return report, sets, cache
+
+
+def approximate_models(shared: Path) -> set[str]:
+    """The benchmark models the approximate ONNX exports stood for (`../shared/zoo/ncnn/
+    mapping.json`), or none when they are absent."""
+    path = shared / "zoo" / "ncnn" / "mapping.json"
+    if not path.is_file():
+        return set()
+    import json
+
+    return {k for k in json.loads(path.read_text("utf-8")) if not k.startswith("_")}
 
 
 def approximate_onnx_figures(previous_json: Path) -> dict[str, Any] | None:
