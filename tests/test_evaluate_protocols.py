@@ -5,11 +5,12 @@ by model and disjoint, size splits by FLOPs, interval coverage computed as defin
 from __future__ import annotations
 
 import json
-import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from leti.core.errors import LetiError
 from leti.evaluate import accuracy, accuracy_report
 from leti.evaluate.nb201 import family_consistency
 from leti.frontend import nb201
@@ -171,11 +172,49 @@ def test_a_per_graph_interval_plugs_in(ts):
     assert r.coverage == {"leti": pytest.approx(1 / 3)}  # 3 test models: 1 exact, 2 above
 
 
-def test_tasks_travel_to_worker_processes():
-    task = accuracy.EvalTask(SOC, RUNTIME, None, ("leti",), ("grouped-cv",))
-    assert pickle.loads(pickle.dumps(task)) == task
-    for fn in (accuracy.pipeline_intervals, accuracy.estimator_intervals):
-        assert pickle.loads(pickle.dumps(fn)) is fn
+def _same_evaluation(a, b) -> None:
+    assert (a.soc, a.runtime, a.elapsed_s) == (b.soc, b.runtime, b.elapsed_s)
+    assert list(a.results) == list(b.results)
+    for name, r in a.results.items():
+        o = b.results[name]
+        pd.testing.assert_frame_equal(r.predictions, o.predictions, check_exact=True)
+        assert (r.protocol, r.methods, r.scores, r.coverage) == (
+            o.protocol,
+            o.methods,
+            o.scores,
+            o.coverage,
+        )
+        assert (r.train_sizes, r.base_coverage) == (o.train_sizes, o.base_coverage)
+
+
+def test_an_evaluation_crosses_as_json_exactly(evaluation):
+    doc = json.loads(json.dumps(accuracy.evaluation_doc(evaluation), default=accuracy.json_value))
+    _same_evaluation(evaluation, accuracy.evaluation_from_doc(doc))
+
+
+def test_evaluate_jobs_run_in_processes_of_their_own(synthetic_root):
+    """jobs=2: two `python -m leti.evaluate.eval_worker` processes (nothing pickled) give the
+    evaluations one process gives; a leti error in one comes back as its class and message."""
+    tasks = [
+        accuracy.EvalTask(SOC, RUNTIME, synthetic_root, ("leti",), (protocol,))
+        for protocol in ("train-small", "train-large")
+    ]
+    task = accuracy.EvalTask.from_doc(json.loads(json.dumps(tasks[0].to_doc())))
+    assert task == tasks[0]
+    here = [t.run() for t in tasks]
+    there = list(accuracy.evaluate_many(tasks, jobs=2))
+    assert len(there) == 2
+    for a in here:
+        b = next(e for e in there if list(e.results) == list(a.results))
+        a.elapsed_s = b.elapsed_s = 0.0
+        _same_evaluation(a, b)
+    bad = accuracy.EvalTask("exynos9820", RUNTIME, synthetic_root, ("leti",), ("grouped-cv",))
+    with pytest.raises(LetiError) as caught:
+        list(accuracy.evaluate_many([bad, tasks[0]], jobs=2))
+    with pytest.raises(LetiError) as here_caught:
+        bad.run()
+    assert type(caught.value) is type(here_caught.value)
+    assert str(caught.value) == str(here_caught.value)
 
 
 def test_report_has_one_section_per_protocol_and_the_bars(tmp_path, evaluation):

@@ -120,15 +120,19 @@ def test_three_processes_answer_alike_and_a_failed_batch_drops_the_pool(
 
 
 def test_leti_never_imports_pickle() -> None:
-    """No module of the package imports pickle: models, measurements, uploads and the answers
-    of predict_many's workers travel as JSON or raw bytes. (`leti evaluate --jobs` hands its
-    own task and result objects between its own processes with concurrent.futures.)"""
+    """No module of the package imports pickle, nor multiprocessing or a process pool (which
+    pickle what they hand between processes): models, measurements, uploads, the answers of
+    predict_many's workers and `leti evaluate --jobs`'s evaluations travel as JSON,
+    MessagePack or raw bytes."""
     package = Path(__file__).resolve().parent.parent / "leti"
     users = [
         str(p.relative_to(package))
         for p in package.rglob("*.py")
         if any(
-            line.strip().startswith(("import pickle", "from pickle", "import cPickle"))
+            line.strip().startswith(
+                ("import pickle", "from pickle", "import cPickle", "import multiprocessing")
+            )
+            or "ProcessPoolExecutor" in line
             for line in p.read_text("utf-8").splitlines()
         )
     ]

@@ -19,16 +19,21 @@ base interval; the coverage of both is scored.
 from __future__ import annotations
 
 import inspect
-import multiprocessing
+import json
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from leti.core import child_process, errors
+from leti.core.errors import LetiError
 from leti.evaluate.scores import (
     fit_flops_baseline,
     flops_baseline_predict,
@@ -279,7 +284,7 @@ def evaluate_soc(
 
 @dataclass(frozen=True)
 class EvalTask:
-    """One (SoC, runtime) evaluation, picklable for a worker process."""
+    """One (SoC, runtime) evaluation; `to_doc` is what a worker process is told (JSON)."""
 
     soc: str
     runtime: str
@@ -300,22 +305,115 @@ class EvalTask:
             protocols=self.protocols,
         )
 
+    def to_doc(self) -> dict[str, Any]:
+        doc = asdict(self)
+        root = self.measurements_root
+        doc["measurements_root"] = None if root is None else str(root)
+        return doc
 
-def _run_task(task: EvalTask) -> SocEvaluation:
-    return task.run()
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> EvalTask:
+        root = doc["measurements_root"]
+        return cls(
+            **{
+                **doc,
+                "measurements_root": None if root is None else Path(root),
+                "methods": tuple(doc["methods"]),
+                "protocols": tuple(doc["protocols"]),
+            }
+        )
+
+
+def evaluation_doc(ev: SocEvaluation) -> dict[str, Any]:
+    """An evaluation as JSON, exactly (floats as their shortest round-tripping repr; each
+    predictions frame by columns, in order)."""
+    return {
+        "soc": ev.soc,
+        "runtime": ev.runtime,
+        "elapsed_s": ev.elapsed_s,
+        "results": {
+            name: {
+                "protocol": r.protocol,
+                "methods": list(r.methods),
+                "predictions": {c: r.predictions[c].tolist() for c in r.predictions.columns},
+                "scores": r.scores,
+                "coverage": r.coverage,
+                "train_sizes": r.train_sizes,
+                "base_coverage": r.base_coverage,
+            }
+            for name, r in ev.results.items()
+        },
+    }
+
+
+def evaluation_from_doc(doc: dict[str, Any]) -> SocEvaluation:
+    """The inverse of `evaluation_doc`."""
+    results = {
+        name: ProtocolResult(
+            soc=doc["soc"],
+            runtime=doc["runtime"],
+            protocol=r["protocol"],
+            methods=tuple(r["methods"]),
+            predictions=pd.DataFrame(r["predictions"]),
+            scores=r["scores"],
+            coverage=r["coverage"],
+            train_sizes=r["train_sizes"],
+            base_coverage=r["base_coverage"],
+        )
+        for name, r in doc["results"].items()
+    }
+    return SocEvaluation(doc["soc"], doc["runtime"], results, doc["elapsed_s"])
+
+
+def json_value(value: Any) -> Any:
+    """numpy scalars in scores (json writes float64 itself, not int64 or bool_)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _run_in_process(task: EvalTask) -> SocEvaluation:
+    """`task` run by `python -m leti.evaluate.eval_worker` (a fresh interpreter: xgboost's
+    thread pool does not survive a fork), which writes its evaluation as JSON into a temporary
+    folder; a leti error it met comes back as the same class and message."""
+    with tempfile.TemporaryDirectory(prefix="leti-evaluate-") as tmp:
+        out = Path(tmp)
+        proc = subprocess.run(
+            child_process.command("leti.evaluate.eval_worker", json.dumps(task.to_doc()), str(out)),
+            env=child_process.environment(),
+            capture_output=True,
+            text=True,
+        )
+        if (out / ERROR_FILE).is_file():
+            err = json.loads((out / ERROR_FILE).read_text("utf-8"))
+            cls = getattr(errors, err["error"], None)
+            if isinstance(cls, type) and issubclass(cls, LetiError):
+                exc = cls.__new__(cls)  # some subclasses take extra constructor arguments
+                Exception.__init__(exc, err["message"])
+                raise exc
+            raise LetiError(err["message"])
+        if proc.returncode != 0 or not (out / RESULT_FILE).is_file():
+            tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
+            raise RuntimeError(
+                f"evaluating {task.soc}/{task.runtime} failed in its process "
+                f"(exit {proc.returncode}):\n{tail}"
+            )
+        return evaluation_from_doc(json.loads((out / RESULT_FILE).read_text("utf-8")))
+
+
+RESULT_FILE, ERROR_FILE = "evaluation.json", "error.json"
 
 
 def evaluate_many(tasks: Sequence[EvalTask], jobs: int = 1) -> Iterator[SocEvaluation]:
     """Run `tasks`, yielding each result as it finishes (in task order when jobs == 1). Each
-    fit is single-threaded, so `jobs` worker processes (spawned, not forked: xgboost's thread
-    pool does not survive a fork) run that many evaluations at once."""
+    fit is single-threaded, so `jobs` processes of their own (`_run_in_process`; nothing is
+    pickled) run that many evaluations at once, a thread here waiting on each."""
     if jobs <= 1 or len(tasks) <= 1:
         for task in tasks:
             yield task.run()
         return
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx) as pool:
-        futures = [pool.submit(_run_task, t) for t in tasks]
+    with ThreadPoolExecutor(max_workers=min(jobs, len(tasks))) as pool:
+        futures = [pool.submit(_run_in_process, t) for t in tasks]
         for fut in as_completed(futures):
             yield fut.result()
 

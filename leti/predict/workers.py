@@ -39,16 +39,14 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 import msgpack
 
-from leti.core import errors
+from leti.core import child_process, errors
 from leti.core.errors import LetiError
 from leti.core.records import LayerTime, Prediction, Unsupported
 from leti.frontend.graph import GraphBytes
@@ -164,14 +162,11 @@ class Worker:
     """One worker process with the estimator loaded: `price(chunk)` -> its answers."""
 
     def __init__(self, recipe: dict[str, Any]) -> None:
-        package_root = str(Path(__file__).resolve().parents[2])  # where `leti` is imported from
-        path = os.environ.get("PYTHONPATH", "")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, path) if p)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leti.predict.worker_process"],
+            child_process.command("leti.predict.worker_process"),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
+            env=child_process.environment(),
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in, self._out = self.proc.stdin, self.proc.stdout
