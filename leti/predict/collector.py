@@ -19,7 +19,8 @@ from collections.abc import Iterator
 def paused() -> Iterator[None]:
     """The collector off for the block, then as it was. Nested or concurrent pauses are safe:
     a block that found it off leaves it off (another thread then may resume it early, which only
-    costs that block some speed)."""
+    costs that block some speed). The flag is the process's: a caller that switches the
+    collector off in another thread while a block runs finds it on again when the block ends."""
     was = gc.isenabled()
     gc.disable()
     try:
