@@ -215,6 +215,7 @@ def test_evaluate_jobs_run_in_processes_of_their_own(synthetic_root):
         bad.run()
     assert type(caught.value) is type(here_caught.value)
     assert str(caught.value) == str(here_caught.value)
+    assert caught.value.__dict__ == here_caught.value.__dict__
 
 
 def test_report_has_one_section_per_protocol_and_the_bars(tmp_path, evaluation):

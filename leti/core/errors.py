@@ -161,3 +161,32 @@ class ServerError(ClientError):
 
 class Unavailable(ServerError):
     """The server could not be reached (after retries)."""
+
+
+# -- errors between leti's own processes -------------------------------------------------------
+def error_state(exc: LetiError) -> dict:
+    """The attributes of `exc` that JSON can carry (a worker process sends them with the class
+    name and the message; `rebuild_error` makes the same error again)."""
+    import json
+
+    state = {}
+    for key, value in exc.__dict__.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        state[key] = value
+    return state
+
+
+def rebuild_error(name: str, message: str, state: dict) -> LetiError:
+    """The error another leti process sent as (class name, message, `error_state`): that class
+    of this module (LetiError for a name it does not know), without calling its constructor,
+    since some subclasses take extra arguments."""
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, LetiError)):
+        cls = LetiError
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(state)
+    return exc

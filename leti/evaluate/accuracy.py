@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 
 from leti.core import child_process, errors
-from leti.core.errors import LetiError
 from leti.evaluate.scores import (
     fit_flops_baseline,
     flops_baseline_predict,
@@ -372,6 +371,10 @@ def json_value(value: Any) -> Any:
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
+#: What `leti.evaluate.eval_worker` writes into the folder it is given.
+RESULT_FILE, ERROR_FILE = "evaluation.json", "error.json"
+
+
 def _run_in_process(task: EvalTask) -> SocEvaluation:
     """`task` run by `python -m leti.evaluate.eval_worker` (a fresh interpreter: xgboost's
     thread pool does not survive a fork), which writes its evaluation as JSON into a temporary
@@ -386,12 +389,7 @@ def _run_in_process(task: EvalTask) -> SocEvaluation:
         )
         if (out / ERROR_FILE).is_file():
             err = json.loads((out / ERROR_FILE).read_text("utf-8"))
-            cls = getattr(errors, err["error"], None)
-            if isinstance(cls, type) and issubclass(cls, LetiError):
-                exc = cls.__new__(cls)  # some subclasses take extra constructor arguments
-                Exception.__init__(exc, err["message"])
-                raise exc
-            raise LetiError(err["message"])
+            raise errors.rebuild_error(err["error"], err["message"], err["state"])
         if proc.returncode != 0 or not (out / RESULT_FILE).is_file():
             tail = "\n".join(proc.stderr.strip().splitlines()[-20:])
             raise RuntimeError(
@@ -399,9 +397,6 @@ def _run_in_process(task: EvalTask) -> SocEvaluation:
                 f"(exit {proc.returncode}):\n{tail}"
             )
         return evaluation_from_doc(json.loads((out / RESULT_FILE).read_text("utf-8")))
-
-
-RESULT_FILE, ERROR_FILE = "evaluation.json", "error.json"
 
 
 def evaluate_many(tasks: Sequence[EvalTask], jobs: int = 1) -> Iterator[SocEvaluation]:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from leti.core.errors import LetiError
+from leti.core.errors import LetiError, error_state
 from leti.core.store import atomic_write_text
 from leti.evaluate.accuracy import (
     ERROR_FILE,
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     try:
         result = task.run()
     except LetiError as exc:
-        doc = {"error": type(exc).__name__, "message": str(exc)}
+        doc = {"error": type(exc).__name__, "message": str(exc), "state": error_state(exc)}
         atomic_write_text(out / ERROR_FILE, json.dumps(doc))
         return 1
     atomic_write_text(out / RESULT_FILE, json.dumps(evaluation_doc(result), default=json_value))

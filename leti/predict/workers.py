@@ -103,9 +103,9 @@ def decode_answers(data: bytes) -> list[Prediction | LetiError]:
 def answer_doc(answer: Prediction | LetiError) -> dict[str, Any]:
     """One answer as plain values (tuples, LayerTime included, are packed as arrays)."""
     if isinstance(answer, LetiError):
-        state = {k: v for k, v in answer.__dict__.items() if _is_json(v)}
         # an error's extra attributes go as JSON text: lists stay lists (arrays decode as tuples)
-        return {"error": type(answer).__name__, "message": str(answer), "state": json.dumps(state)}
+        state = json.dumps(errors.error_state(answer))
+        return {"error": type(answer).__name__, "message": str(answer), "state": state}
     return {
         "soc": answer.soc,
         "runtime": answer.runtime,
@@ -123,13 +123,7 @@ def answer_doc(answer: Prediction | LetiError) -> dict[str, Any]:
 def answer_from_doc(doc: dict[str, Any]) -> Prediction | LetiError:
     """An answer from `answer_doc`'s values as MessagePack decodes them (arrays as tuples)."""
     if "error" in doc:
-        cls = getattr(errors, doc["error"], None)
-        if not (isinstance(cls, type) and issubclass(cls, LetiError)):
-            cls = LetiError
-        exc = cls.__new__(cls)  # some subclasses take extra constructor arguments
-        Exception.__init__(exc, doc["message"])
-        exc.__dict__.update(json.loads(doc["state"]))
-        return exc
+        return errors.rebuild_error(doc["error"], doc["message"], json.loads(doc["state"]))
     return Prediction(
         soc=doc["soc"],
         runtime=doc["runtime"],
