@@ -309,14 +309,14 @@ def main(argv: list[str] | None = None) -> int:
                     # the worker counts in alternating blocks: both see the same background load
                     blocks: dict[int, list[dict]] = {w: [] for w in worker_counts}
                     per_block = max(clients, args.requests // args.blocks)
+                    # one worker, one Python client: the paired row measured above
+                    paired = {w: clients == 1 and w == 1 and client == PYTHON for w in blocks}
                     for _ in range(args.blocks):
                         for w in worker_counts:
-                            if clients == 1 and w == 1 and client == PYTHON:
-                                continue
-                            blocks[w].append(bench(urls[w], body, per_block, clients))
+                            if not paired[w]:
+                                blocks[w].append(bench(urls[w], body, per_block, clients))
                     for w in worker_counts:
-                        single_row = clients == 1 and w == 1 and client == PYTHON
-                        res = single if single_row else _merge(blocks[w])
+                        res = single if paired[w] else _merge(blocks[w])
                         mode = f"HTTP, {w} worker(s), {client}"
                         rows.append((name, len(body), mode, clients, res))
                         print(

@@ -7,6 +7,7 @@ error answer from a leti server (they are re-exported there, their public home).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -167,8 +168,6 @@ class Unavailable(ServerError):
 def error_state(exc: LetiError) -> dict:
     """The attributes of `exc` that JSON can carry (a worker process sends them with the class
     name and the message; `rebuild_error` makes the same error again)."""
-    import json
-
     state = {}
     for key, value in exc.__dict__.items():
         try:

@@ -661,7 +661,7 @@ def _walk(
     layers: list[Layer] = []
     used: set[str] = set()
     get = shapes.get
-    nondeterministic = NEVER_FOLDED
+    never_folded = NEVER_FOLDED
     same_shape = SAME_SHAPE_OPS
     for idx in order:
         node = nodes[idx]
@@ -675,7 +675,7 @@ def _walk(
         if op == "Constant":
             _track_constants(node, node_attrs, shapes, consts, const_names)
             from_consts = True
-        elif op not in nondeterministic:
+        elif op not in never_folded:
             for i in inputs:
                 if i:
                     if i not in const_names:

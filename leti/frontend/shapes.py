@@ -32,7 +32,6 @@ POOL_OPS = frozenset({"MaxPool", "AveragePool", "LpPool", "QLinearAveragePool"})
 GLOBAL_POOL_OPS = frozenset(
     {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "QLinearGlobalAveragePool"}
 )
-# Recurrent layers and their gate count: an LSTM computes 4 gates, a GRU 3, a plain RNN 1.
 #: Ops never constant-folded, whatever their inputs: their outputs are not a function of their
 #: inputs (random ops), or they run subgraphs that read the outer graph's tensors without
 #: naming them as inputs (an `If` on a constant condition still computes on activations).
@@ -43,6 +42,7 @@ NEVER_FOLDED = frozenset(
     }
 )  # fmt: skip
 
+# Recurrent layers and their gate count: an LSTM computes 4 gates, a GRU 3, a plain RNN 1.
 RNN_GATES: Mapping[str, int] = {"LSTM": 4, "GRU": 3, "RNN": 1}
 # Matrix products and the input index of their B operand (A is input 0): the quantized forms
 # (QLinearMatMul takes a, a_scale, a_zero_point, b, ...) and onnxruntime's fused ones.

@@ -153,7 +153,7 @@ def _is_json(value: Any) -> bool:
 
 # -- the parent's side ---------------------------------------------------------------------------
 class Worker:
-    """One worker process with the estimator loaded: `price(chunk)` -> its answers."""
+    """One worker process with the estimator loaded: `send(chunk)`, then `answers()`."""
 
     def __init__(self, recipe: dict[str, Any]) -> None:
         self.proc = subprocess.Popen(
