@@ -163,6 +163,25 @@ def test_slope_shrinks_to_one_with_few_timings():
     assert fit_log_affine(np.exp(x), np.exp(true_b * x), slope_prior=0).b == pytest.approx(true_b)
 
 
+def test_one_timing_far_off_the_trend_does_not_tilt_a_map_fitted_on_many():
+    """From ROBUST_MIN_TIMINGS timings on, the map is a Huber fit: a graph the runtime runs on
+    a slow path (30x its base) barely moves the others' answers; least squares would tilt the
+    map towards it. With fewer timings the fit stays least squares (no outlier to tell)."""
+    k = calibration.ROBUST_MIN_TIMINGS + 4
+    base = np.geomspace(2.0, 200.0, k)
+    y = 1.7 * base
+    y[k // 2] *= 30.0
+    fit = fit_log_affine(base, y)
+    clean = np.arange(k) != k // 2
+    np.testing.assert_allclose(fit.apply(base[clean]), y[clean], rtol=0.1)
+    plain = calibration._ab_weighted(np.log(base), np.log(y), calibration.SLOPE_PRIOR, np.ones(k))
+    off = np.exp(plain[0] + plain[1] * np.log(base[clean])) / y[clean] - 1
+    assert np.abs(off).max() > 0.3  # what least squares would have answered
+    few = calibration.ROBUST_MIN_TIMINGS - 1
+    x, t = np.log(base[:few]), np.log(y[:few])
+    assert calibration._ab(x, t, 0.3) == calibration._ab_weighted(x, t, 0.3, np.ones(few))
+
+
 def test_interval_is_wider_for_small_k():
     rng = np.random.default_rng(1)
 

@@ -108,6 +108,21 @@ def test_prior_holds_the_relative_weights_with_few_timings():
     assert np.sqrt(np.mean(fit_err**2)) < 0.6 * np.sqrt(np.mean(prior_err**2))
 
 
+def test_a_calibration_is_robust_to_one_timing_the_terms_cannot_express():
+    """With a prior, the timings enter through a Huber loss: one graph at 20x its terms'
+    time (a runtime's slow path) leaves the others' answers near the truth."""
+    terms = random_terms(30, seed=4)
+    y = class_scales.predict(terms, TRUE)
+    y[7] *= 20.0
+    w = fit_log_weights(terms, y, prior_at(TRUE, sd=1.0))
+    rel = class_scales.predict(terms, w) / y - 1
+    assert np.abs(np.delete(rel, 7)).max() < 0.1
+    assert class_scales.huber(np.array([0.1, -2.0]))[0] == 0.1
+    assert class_scales.huber(np.array([-2.0]))[0] ** 2 == pytest.approx(
+        2 * class_scales.HUBER_SCALE * 2.0 - class_scales.HUBER_SCALE**2
+    )
+
+
 def test_learned_prior_is_the_median_across_groups_with_a_floor():
     groups = []
     for i, shift in enumerate([0.0, 0.1, -0.1, 3.0]):  # the last GPU is an outlier

@@ -28,7 +28,8 @@ The calibration stores the choice and the reason, and every answer repeats it.
 
 Fit: the intercept `a` is free; the slope is ridge-regressed towards 1 (prior b = 1,
 `SLOPE_PRIOR` = lambda on (b - 1)), so with k = 3 timings the map is essentially a scale and
-it only tilts once the timings span enough range to say so.
+it only tilts once the timings span enough range to say so. From `ROBUST_MIN_TIMINGS` timings
+on the fit is a Huber fit, so that one graph far off the trend does not tilt the map for all.
 
 Which form: setups can differ by a fixed per-inference overhead (two published datasets of
 the same NAS-Bench-201 archs on the same Adreno 640 differ by ~1.8 ms + 0.99x), which a
@@ -109,6 +110,14 @@ MIN_TIMINGS = 3
 #: of timings whose log base predictions spread over ~0.55 (a factor 1.7). Results on the
 #: leave-one-SoC-out protocol barely move between 0.3 and 3; ncnn prefers the freer slope.
 SLOPE_PRIOR = 0.3
+#: From this many timings on, the log-affine map is a Huber fit (`class_scales.HUBER_SCALE`):
+#: with fewer, one timing off the trend cannot be told from the trend itself, and a robust
+#: fit would only add noise; with more, one graph the runtime runs on a slow path (the ncnn
+#: benchmark's vision transformer on a Snapdragon 888: 751 ms for a base that ranks it with
+#: resnet50) no longer tilts the map for every other graph.
+ROBUST_MIN_TIMINGS = 8
+#: Iteratively reweighted least squares for the robust map: at most this many rounds.
+ROBUST_ROUNDS = 50
 #: A transfer profile replaces the SoC's own base only when its leave-one-out mean squared
 #: log residual on the timings is below this share of the own base's.
 PROFILE_GAIN = 0.6
@@ -202,13 +211,34 @@ class OffsetAffine:
 MapFit = LogAffine | OffsetAffine
 
 
-def _ab(x: np.ndarray, y: np.ndarray, slope_prior: float) -> tuple[float, float]:
-    """Free offset, slope ridge-shrunk to 1: minimise sum (y - a - b x)^2 + lambda (b - 1)^2."""
+def _ab_weighted(
+    x: np.ndarray, y: np.ndarray, slope_prior: float, w: np.ndarray
+) -> tuple[float, float]:
+    """Free offset, slope ridge-shrunk to 1: minimise sum w (y - a - b x)^2 + lambda (b - 1)^2."""
     d = y - x
-    xc = x - x.mean()
-    beta = float(xc @ (d - d.mean())) / (float(xc @ xc) + slope_prior)
-    alpha = float(d.mean())
-    return alpha - beta * float(x.mean()), 1.0 + beta
+    xm = float(w @ x) / float(w.sum())
+    dm = float(w @ d) / float(w.sum())
+    xc = x - xm
+    beta = float((w * xc) @ (d - dm)) / (float((w * xc) @ xc) + slope_prior)
+    return dm - beta * xm, 1.0 + beta
+
+
+def _ab(x: np.ndarray, y: np.ndarray, slope_prior: float) -> tuple[float, float]:
+    """The log-affine map's (a, b): least squares below `ROBUST_MIN_TIMINGS` timings, a Huber
+    fit (iteratively reweighted: weight min(1, scale / |residual|)) from there on."""
+    w = np.ones(len(x))
+    a, b = _ab_weighted(x, y, slope_prior, w)
+    if len(x) < ROBUST_MIN_TIMINGS:
+        return a, b
+    scale = class_scales.HUBER_SCALE
+    for _ in range(ROBUST_ROUNDS):
+        r = np.abs(y - a - b * x)
+        w = np.minimum(1.0, scale / np.maximum(r, 1e-12))
+        a1, b1 = _ab_weighted(x, y, slope_prior, w)
+        if abs(a1 - a) < 1e-10 and abs(b1 - b) < 1e-10:
+            return a1, b1
+        a, b = a1, b1
+    return a, b
 
 
 def _t_quantile(p: float, df: float) -> float:
