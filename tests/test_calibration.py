@@ -182,6 +182,28 @@ def test_one_timing_far_off_the_trend_does_not_tilt_a_map_fitted_on_many():
     assert calibration._ab(x, t, 0.3) == calibration._ab_weighted(x, t, 0.3, np.ones(few))
 
 
+def test_above_the_timed_range_the_map_grows_with_the_base():
+    """A slope b < 1 is what the timings showed over their range (a fixed cost); beyond the
+    largest timed base the answer is proportional to the base, never a plateau. A document
+    written before the range was stored answers with the plain map."""
+    base = np.array([1.0, 2.0, 4.0, 6.0, 10.0])
+    fit = fit_log_affine(base, 5.0 * base**0.5)
+    assert fit.b < 0.9 and fit.base_range_ms == (1.0, 10.0)
+    at_top = float(fit.apply(10.0))
+    assert float(fit.apply(100.0)) == pytest.approx(10 * at_top)
+    assert float(fit.apply(2.0)) == pytest.approx(np.exp(fit.a + fit.b * np.log(2.0)))
+    doc = {"a": fit.a, "b": fit.b, "base_range_ms": list(fit.base_range_ms)}
+    assert float(CalibrationMap.from_document(doc).apply(100.0)) == pytest.approx(10 * at_top)
+    del doc["base_range_ms"]
+    old = float(CalibrationMap.from_document(doc).apply(100.0))
+    assert old == pytest.approx(np.exp(fit.a + fit.b * np.log(100.0))) and old < 5 * at_top
+    # the leave-one-out residual of the largest timing is scored as the map answers it
+    keep = base < 10.0
+    ai, bi = calibration._ab(np.log(base[keep]), np.log(5.0 * base[keep] ** 0.5), 0.3)
+    lifted = ai + bi * np.log(6.0) + np.log(10.0 / 6.0)
+    assert fit.loo_residuals[-1] == pytest.approx(np.log(5.0 * 10.0**0.5) - lifted)
+
+
 def test_interval_is_wider_for_small_k():
     rng = np.random.default_rng(1)
 

@@ -114,7 +114,9 @@ def transfer_markdown(report: TransferReport) -> str:
     lines += [
         "",
         "Calibrated on k timings. leti: exactly what `leti calibrate` does "
-        "(`leti.calibration.select_and_fit`): a log-affine map, slope shrunk to 1, fitted "
+        "(`leti.calibration.select_and_fit`): a log-affine map, slope shrunk to 1 (a Huber "
+        f"fit from {calibration.ROBUST_MIN_TIMINGS} timings on; in proportion to the base "
+        "above the largest timed one), fitted "
         "on the SoC's own transfer prediction, or on the transfer model priced with one of "
         "the measured training SoCs' descriptors (a *profile*) when that profile's "
         "leave-one-out error on the k timings is below "
@@ -165,7 +167,8 @@ def transfer_markdown(report: TransferReport) -> str:
             "graph-level corrector (zero-shot columns). "
             "Calibration (`leti.calibration.fit_cross_runtime`): the geometric mean of the "
             "log-affine map of the base and of per-kernel-class scales "
-            "(`leti.models.class_scales`) whose prior is learned on the *other* GPUs' "
+            "(`leti.models.class_scales`, fitted with a Huber loss on the log residuals) "
+            "whose prior is learned on the *other* GPUs' "
             "timings of the *other* models. Protocol: each GPU's models are split into 5 grouped "
             "folds; a fold's models are test models, the k calibration timings are drawn "
             "from the GPU's other models, and the class prior is relearned without this "

@@ -2,7 +2,7 @@
 
 One of two forms, chosen per calibration by `leti.train.calibrate` (document key `form`):
 
-    log_affine:  log t = a + b * log t_base
+    log_affine:  log t = a + b * log t_base   (t proportional to t_base above the timed range)
     offset:      t = max(s * t_base + c, OFFSET_FLOOR * s * t_base)
 
 and, for a cross-runtime calibration (ncnn-vulkan), the geometric mean of that map with the
@@ -43,9 +43,19 @@ FORMS = (LOG_AFFINE, OFFSET)
 OFFSET_FLOOR = 0.5
 
 
-def log_affine(base_ms: np.ndarray | float, a: float, b: float) -> np.ndarray:
-    """exp(a + b log base), with the base floored at 1e-9 ms."""
-    return np.exp(a + b * np.log(np.maximum(base_ms, 1e-9)))
+def log_affine(
+    base_ms: np.ndarray | float, a: float, b: float, base_max_ms: float | None = None
+) -> np.ndarray:
+    """exp(a + b log base), with the base floored at 1e-9 ms. Above `base_max_ms` (the largest
+    base the map was fitted on, if known) the answer grows in proportion to the base from
+    there: a slope b < 1 is what the timings showed over their range (a fixed cost that a
+    small graph's time is mostly made of), not a licence for a graph ten times the largest
+    timed one to cost less than ten times as much."""
+    base = np.maximum(base_ms, 1e-9)
+    if base_max_ms is None:
+        return np.exp(a + b * np.log(base))
+    edge = np.minimum(base, base_max_ms)
+    return np.exp(a + b * np.log(edge)) * (base / edge)
 
 
 def offset_affine(
@@ -78,6 +88,7 @@ class CalibrationMap:
     scale: float = 1.0  # offset form: s
     offset_ms: float = 0.0  # offset form: c
     floor: float = OFFSET_FLOOR  # offset form: the answer's floor, a share of s * t_base
+    base_max_ms: float | None = None  # the largest timed base (None: documents before it)
 
     @classmethod
     def from_document(cls, doc: Mapping[str, Any]) -> CalibrationMap:
@@ -95,6 +106,9 @@ class CalibrationMap:
             }
         elif form != LOG_AFFINE:
             log.warning("calibration form %r unknown or malformed: using its log-affine map", form)
+        span = doc.get("base_range_ms")
+        if isinstance(span, Sequence) and len(span) == 2 and float(span[1]) > 0:
+            extra["base_max_ms"] = float(span[1])
         return cls(
             a=float(doc["a"]),
             b=float(doc["b"]),
@@ -107,7 +121,7 @@ class CalibrationMap:
         """The chosen form applied to the base's total."""
         if self.form == OFFSET:
             return offset_affine(base_ms, self.scale, self.offset_ms, self.floor)
-        return log_affine(base_ms, self.a, self.b)
+        return log_affine(base_ms, self.a, self.b, self.base_max_ms)
 
     def apply(self, base_ms: np.ndarray | float, terms: np.ndarray | None = None) -> np.ndarray:
         """The calibrated total from the base's total (and, cross-runtime, its class terms)."""

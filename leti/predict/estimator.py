@@ -636,6 +636,7 @@ def _with_calibration(est: Estimator, doc: Mapping) -> Estimator:
         "k": doc["k"],
         "a": doc["a"],
         "b": doc["b"],
+        "base_range_ms": doc.get("base_range_ms"),
         "timings_sha256": doc["timings_sha256"],
         "base": doc["base"],
         "class_scales": bool(doc.get("class_scales")),

@@ -202,6 +202,7 @@ def borrow_calibration(
         "fitted on the pooled timings of other GPUs, each priced with its own descriptors",
         "a": fit.a,
         "b": fit.b,
+        "base_range_ms": list(fit.base_range_ms or ()),
         "offset_map": None,
         "class_scales": None,
         "k": len(rows),

@@ -176,10 +176,12 @@ class LogAffine:
     loo_residuals: np.ndarray  # the same, each from a fit without that timing
     sd: float  # pooled residual scale behind the interval
     interval: tuple[float, float]  # log quantiles around the calibrated total
+    base_range_ms: tuple[float, float] | None = None  # the timed bases' range
     form: ClassVar[str] = LOG_AFFINE
 
     def apply(self, base_ms: np.ndarray | float) -> np.ndarray:
-        return log_affine(base_ms, self.a, self.b)
+        top = None if self.base_range_ms is None else self.base_range_ms[1]
+        return log_affine(base_ms, self.a, self.b, top)
 
     @property
     def loo_mse(self) -> float:
@@ -269,9 +271,13 @@ def fit_log_affine(
     for i in range(k):
         keep = np.arange(k) != i
         ai, bi = _ab(x[keep], y[keep], slope_prior)
-        loo[i] = y[i] - (ai + bi * x[i])
+        # as the map answers it: in proportion to the base above the others' range
+        edge = min(float(x[i]), float(x[keep].max()))
+        loo[i] = y[i] - (ai + bi * edge + (x[i] - edge))
     sd, interval = _interval(loo, prior_sd, prior_weight, coverage)
-    return LogAffine(a, b, resid, loo, sd, interval)
+    timed = np.asarray(base_ms, float)
+    span = (float(timed.min()), float(timed.max()))
+    return LogAffine(a, b, resid, loo, sd, interval, span)
 
 
 def _box_lsq(m: np.ndarray, t: np.ndarray, lower: np.ndarray) -> np.ndarray:
@@ -748,6 +754,7 @@ def calibrate_timings(
         # the log-affine fit on the chosen base, whichever form answers
         "a": la.a,
         "b": la.b,
+        "base_range_ms": list(la.base_range_ms or ()),
         "offset_map": (
             {"scale": fit.scale, "offset_ms": fit.offset_ms, "floor": fit.floor}
             if isinstance(fit, OffsetAffine)
