@@ -374,6 +374,36 @@ def test_cross_runtime_base_is_the_kernel_sum(tmp_path, light_dir, models):
     assert pred.total_ms == pytest.approx(2 * corrected.predict(target).total_ms, rel=1e-3)
 
 
+def test_a_graph_above_the_timed_range_is_extended_in_proportion_and_says_so(
+    tmp_path, light_dir, models, monkeypatch
+):
+    """Timings that grow as base^0.5 (a fixed cost) calibrate a slope below 1; a graph whose
+    base is above every timed one gets the answer at the largest timed base scaled by the
+    ratio of the bases, and a note that it is an extrapolation. (The offset form, linear
+    anyway, would fit these timings better: it is held off to test the log-affine map.)"""
+    form = calibration.choose_form
+    monkeypatch.setattr(calibration, "choose_form", lambda *a, **k: form(*a, **k, gain=0.0))
+    graphs = [light(light_dir, g) for g in GRAPHS]
+    base = base_totals(models, "kirin9000", "tflite-gpu", graphs)
+    order = np.argsort(base)
+    timed, top = order[:-1], order[-1]
+    csv = write_timings_csv(
+        tmp_path / "t.csv",
+        [(str(graphs[i]), repr(float(4 * base[i] ** 0.5))) for i in timed],
+    )
+    doc, _ = calibration.calibrate("kirin9000", "tflite-gpu", csv, models)
+    assert doc["form"] == "log_affine" and doc["b"] < 0.9
+    assert doc["base_range_ms"] == pytest.approx([base[timed].min(), base[timed].max()])
+    est = Estimator.load("kirin9000", "tflite-gpu", models)
+    edge = float(base[timed].max())
+    at_edge = np.exp(doc["a"] + doc["b"] * np.log(edge))
+    pred = est.predict(graphs[top])
+    assert pred.total_ms == pytest.approx(at_edge * base[top] / edge, rel=1e-6)
+    assert any("largest base the calibration timed" in n for n in pred.notes)
+    inside = est.predict(graphs[timed[0]])
+    assert not any("largest base the calibration timed" in n for n in inside.notes)
+
+
 def test_transfer_calibration_and_no_stacking(tmp_path, light_dir, models):
     """tflite-gpu calibration on a transfer SoC; the ncnn calibration sits on the uncalibrated
     base, not on the tflite-gpu calibration."""
