@@ -23,6 +23,7 @@ regression fitted on the same k timings.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -664,8 +665,6 @@ def approximate_models(shared: Path) -> set[str]:
     path = shared / "zoo" / "ncnn" / "mapping.json"
     if not path.is_file():
         return set()
-    import json
-
     return {k for k in json.loads(path.read_text("utf-8")) if not k.startswith("_")}
 
 
@@ -675,8 +674,6 @@ def approximate_onnx_figures(previous_json: Path) -> dict[str, Any] | None:
     report so that the new figures stand beside them."""
     if not previous_json.is_file():
         return None
-    import json
-
     doc = json.loads(previous_json.read_text("utf-8"))
     if "ncnn_approximate_onnx" in doc:
         return doc["ncnn_approximate_onnx"]

@@ -117,6 +117,12 @@ class CalibrationMap:
             **extra,
         )
 
+    def extends_above(self, base_ms: float) -> bool:
+        """Whether the answer for `base_ms` is the map extended in proportion to the base
+        (a log-affine map, above the largest base it was fitted on)."""
+        top = self.base_max_ms
+        return self.form == LOG_AFFINE and top is not None and base_ms > top
+
     def map(self, base_ms: np.ndarray | float) -> np.ndarray:
         """The chosen form applied to the base's total."""
         if self.form == OFFSET:

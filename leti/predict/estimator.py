@@ -34,7 +34,7 @@ from leti.frontend.fusion import QUANTIZED_OPS
 from leti.frontend.fusion import plan as plan_kernels
 from leti.frontend.graph import GraphBytes, max_graph_layers, parse_graph, read_graph
 from leti.models import class_scales
-from leti.models.calibration import LOG_AFFINE, CalibrationMap
+from leti.models.calibration import CalibrationMap
 from leti.models.kernel_cost import KernelCosts
 from leti.models.overhead import load_graph_stage
 from leti.models.regressors import (
@@ -227,8 +227,8 @@ class Estimator:
         lo, hi = self.log_interval
         beyond: tuple[str, ...] = ()
         if self.calibration is not None:
-            top = self.calibration.base_max_ms
-            if top and self.calibration.form == LOG_AFFINE and total > top:
+            if self.calibration.extends_above(total):
+                top = self.calibration.base_max_ms
                 beyond = (
                     f"this graph's base ({total:.3g} ms) is {total / top:.1f}x the largest "
                     f"base the calibration timed ({top:.3g} ms): above it the calibrated "

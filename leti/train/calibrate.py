@@ -258,7 +258,8 @@ def fit_log_affine(
     coverage: float = COVERAGE,
 ) -> LogAffine:
     slope_prior = SLOPE_PRIOR if slope_prior is None else slope_prior
-    x = np.log(np.asarray(base_ms, float))
+    base = np.asarray(base_ms, float)
+    x = np.log(base)
     y = np.log(np.asarray(measured_ms, float))
     k = len(x)
     if k < MIN_TIMINGS:
@@ -271,12 +272,12 @@ def fit_log_affine(
     for i in range(k):
         keep = np.arange(k) != i
         ai, bi = _ab(x[keep], y[keep], slope_prior)
-        # as the map answers it: in proportion to the base above the others' range
+        # as the map answers it (`log_affine`, in log units, where a pure scale is exact): in
+        # proportion to the base above the others' range
         edge = min(float(x[i]), float(x[keep].max()))
         loo[i] = y[i] - (ai + bi * edge + (x[i] - edge))
     sd, interval = _interval(loo, prior_sd, prior_weight, coverage)
-    timed = np.asarray(base_ms, float)
-    span = (float(timed.min()), float(timed.max()))
+    span = (float(base.min()), float(base.max()))
     return LogAffine(a, b, resid, loo, sd, interval, span)
 
 
