@@ -297,6 +297,7 @@ def test_ncnn_targets(shared_dir):
     for t in targets:
         assert len(t.timings) >= 12
         assert (t.timings["latency_ms"] > 0).all()
+        assert (t.timings["repeats"] >= 1).all() and (t.timings["spread"] >= 1).all()
         assert t.timings["model"].is_unique
         assert all(Path(g).is_file() for g in t.timings["graph"])
     again = ncnn_data.load_targets(data, zoo)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from leti.core.store import atomic_write_json, atomic_write_text
-from leti.evaluate.transfer import DRAWS, KS, TransferReport
+from leti.evaluate.transfer import CEILING_MIN_SHARED, DRAWS, KS, REPEAT_AGREE, TransferReport
 from leti.train import calibrate as calibration
 
 # --------------------------------------------------------------------------------------------
@@ -87,6 +87,20 @@ def transfer_markdown(report: TransferReport) -> str:
                 f"{' ✅' if got >= bar else ' ❌'}); "
                 f"{_pct0(h[f'ncnn_loo_acc20_gpu_priced_{gid}'])} of the GPU-priced ones."
             )
+    if "ncnn_in_sample_median_acc20" in h:
+        named = "; ".join(
+            f"{name} in sample {_pct0(h.get(f'ncnn_in_sample_acc20_{gid}'))}, nearest-GPU "
+            f"ceiling {_pct0(h.get(f'ncnn_nearest_gpu_ceiling_acc20_{gid}'))}"
+            for gid, name in (("adreno660", "Snapdragon 888"), ("mali-g52-mc2", "RK3566"))
+        )
+        lines.append(
+            "- What these timings allow (section 2, 'Ceilings'): the shipped ncnn calibration "
+            "fitted on all of a GPU's timings and scored on the same ones is within ±20% for a "
+            f"median of {_pct0(h['ncnn_in_sample_median_acc20'])} of them; predicting each "
+            "model from its own measured time on the best other GPU reaches a median of "
+            f"{_pct0(h.get('ncnn_nearest_gpu_ceiling_median_acc20'))} over "
+            f"{h.get('ncnn_nearest_gpu_ceiling_targets', 0)} GPUs ({named})."
+        )
     lines += [
         "",
         "## 1. tflite-gpu: leave-one-SoC-out",
@@ -319,6 +333,7 @@ def _ncnn_exact_sections(report: TransferReport) -> list[str]:
             )
     if worst:
         lines += ["", "Largest leave-one-model-out errors (named SoCs' GPUs):", "", *worst]
+    lines += _ncnn_ceiling_section(report)
     h = (report.ncnn_approximate or {}).get("headline", {})
     if h.get("ncnn_k5_median_acc20") is not None:
         lines += [
@@ -326,4 +341,41 @@ def _ncnn_exact_sections(report: TransferReport) -> list[str]:
             f"On the approximate ONNX graphs (committed before): k = 5 median ±20% "
             f"{_pct0(h['ncnn_k5_median_acc20'])} over {h.get('ncnn_targets', '?')} GPUs.",
         ]
+    return lines
+
+
+def _ncnn_ceiling_section(report: TransferReport) -> list[str]:
+    """How far these timings let any predictor go, beside what leti reaches."""
+    rows = [r for r in report.ncnn if r.ceiling]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "### Ceilings: what these timings allow",
+        "",
+        "Not accuracy figures: bounds that say how much of a bar the data can support. "
+        "'In sample': the shipped calibration fitted on *all* of the GPU's timings (class "
+        "prior learned on the other GPUs) and scored on the same timings, so nothing is held "
+        "out; a held-out figure reaches it only by luck. 'Nearest GPU': each model predicted "
+        "from its own *measured* time on another GPU through a log-log line fitted on their "
+        f"other shared models (leave-one-model-out, at least {CEILING_MIN_SHARED} shared), the "
+        "other GPU chosen in hindsight as the best; a predictor that reads only the graph "
+        "has to guess that time first. 'Repeats': on boards the benchmark timed twice, the "
+        f"share of models whose two timings agree within {100 * (REPEAT_AGREE - 1):.0f}%.",
+        "",
+        "| GPU | LOO ±20% | in sample ±20% | in sample MAPE | nearest GPU ±20% (via, shared) "
+        "| repeats agree (models) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c, loo = r.ceiling, r.loo
+        near, rep = c["nearest_gpu"], c["repeats"]
+        lines.append(
+            f"| {r.target.gpu.id} | {_pct0(loo['all']['acc20']) if loo else '–'} | "
+            f"{_pct0(c['in_sample']['acc20'])} | {_pct0(c['in_sample']['mape'])} | "
+            + (f"{_pct0(near['acc20'])} ({near['via']}, {near['shared_models']})" if near else "–")
+            + " | "
+            + (f"{_pct0(rep['agree20'])} ({rep['models']})" if rep else "–")
+            + " |"
+        )
     return lines

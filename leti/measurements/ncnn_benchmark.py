@@ -10,7 +10,8 @@ Selection rules (deterministic; documented in benchmarks/transfer.md):
 - a target is a GPU listed in `data/ncnn_gpus.json` (mobile GPUs, with approximate hardware
   descriptors), matched on the start of the device section and the Vulkan device name;
 - per target, the runs (run_index) with the most rows are kept, and per model the minimum of
-  `avg_ms` over those runs and over duplicate rows;
+  `avg_ms` over those runs and over duplicate rows (`repeats` counts them, `spread` is their
+  max / min: how far two timings of one model on one board disagree);
 - graphs: the exact `.param` files the benchmark ran (`models/<name>.param`, input sizes from
   `models/inputs.json`): every model with a timing. `zoo_dir=` selects the older approximate
   ONNX exports of 15 classification models instead (`../shared/zoo/ncnn/mapping.json`).
@@ -41,7 +42,8 @@ class NcnnTarget:
     section: str  # full section name in the benchmark
     gpu_name: str
     runs: tuple[int, ...]  # run_index values kept
-    timings: pd.DataFrame  # model, latency_ms, graph (path), input_shape ([1, c, h, w] or None)
+    #: model, latency_ms, repeats, spread, graph (path), input_shape ([1, c, h, w] or None)
+    timings: pd.DataFrame
 
 
 def load_vulkan_rows(data_dir: Path) -> pd.DataFrame:
@@ -120,11 +122,11 @@ def load_targets(data_dir: Path, zoo_dir: Path | None = None) -> list[NcnnTarget
         t = (
             sel.assign(avg_ms=pd.to_numeric(sel["avg_ms"]))
             .groupby("model", as_index=False)["avg_ms"]
-            .min()
-            .rename(columns={"avg_ms": "latency_ms"})
+            .agg(latency_ms="min", slowest="max", repeats="size")
             .sort_values("model")
             .reset_index(drop=True)
         )
+        t["spread"] = t.pop("slowest") / t["latency_ms"]
         t["graph"] = [str(graphs[m]) for m in t["model"]]
         t["input_shape"] = [shapes.get(m) for m in t["model"]]
         out.append(
