@@ -13,6 +13,7 @@ import pytest
 
 from leti.cli import main as cli_main
 from leti.core.errors import CalibrationError, LetiError
+from leti.models import uncertainty
 from leti.models.calibration import OFFSET_FLOOR, CalibrationMap
 from leti.predict import registry
 from leti.predict.estimator import Estimator, uncalibrated_base
@@ -402,6 +403,29 @@ def test_a_graph_above_the_timed_range_is_extended_in_proportion_and_says_so(
     assert any("largest base the calibration timed" in n for n in pred.notes)
     inside = est.predict(graphs[timed[0]])
     assert not any("largest base the calibration timed" in n for n in inside.notes)
+    # its interval widens with the distance above the range, in quadrature with the rest
+    extra = uncertainty.Z90 * uncertainty.CALIBRATION_RANGE_SD * np.log(base[top] / edge)
+    assert extra > 0.05
+    monkeypatch.setattr(uncertainty, "CALIBRATION_RANGE_SD", 0.0)
+    narrow = Estimator.load("kirin9000", "tflite-gpu", models).predict(graphs[top])
+    assert narrow.total_ms == pred.total_ms
+    hi = doc["interval_log_quantiles"][1]
+    widened = [np.log(p.interval_ms[1] / p.total_ms) - hi for p in (pred, narrow)]
+    assert widened[0] ** 2 - widened[1] ** 2 == pytest.approx(extra**2, rel=1e-6)
+
+
+def test_an_evaluation_scores_the_widened_interval():
+    """`interval_at` widens a log-affine fit's interval as the estimator does above the timed
+    range, and leaves it alone inside it and for the offset form (linear anyway)."""
+    base = np.array([1.0, 2.0, 4.0, 6.0, 10.0])
+    fit = fit_log_affine(base, 5.0 * base**0.5)
+    lo, hi = calibration.interval_at(fit, np.array([5.0, 10.0, 10 * np.e]))
+    step = uncertainty.Z90 * uncertainty.CALIBRATION_RANGE_SD
+    assert lo == pytest.approx(fit.interval[0] - np.array([0, 0, step]))
+    assert hi == pytest.approx(fit.interval[1] + np.array([0, 0, step]))
+    off = fit_offset(base, 2.0 * base + 1.0)
+    lo, hi = calibration.interval_at(off, np.array([100.0]))
+    assert (lo[0], hi[0]) == pytest.approx(off.interval)
 
 
 def test_transfer_calibration_and_no_stacking(tmp_path, light_dir, models):

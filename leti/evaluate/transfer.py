@@ -116,7 +116,8 @@ def _calibrate_predict(cal: pd.DataFrame, test: pd.DataFrame, prior_sd: float):
     cols = ["transfer", *(c for c in cal.columns if c.startswith("profile:"))]
     cands = {c: cal[c].to_numpy(float) for c in cols if np.isfinite(cal[c].to_numpy(float)).all()}
     name, fit = calibration.select_and_fit(cands, cal["measured"].to_numpy(float), prior_sd)
-    return fit.apply(test[name].to_numpy(float)), fit.interval, name, fit.form
+    base = test[name].to_numpy(float)
+    return fit.apply(base), calibration.interval_at(fit, base), name, fit.form
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,7 +310,8 @@ def _calibrate_cross(
     prior_sd: float,
 ):
     """The shipped cross-runtime calibration on rows `cal`, applied to rows `test`:
-    (calibrated, interval, base kept, map half alone, its form). As `leti calibrate`, the base
+    (calibrated, log interval per test row, base kept, map half alone, its form). As
+    `leti calibrate`, the base
     and the map half are fitted on the GPU-priced rows of `cal` (`_fit_rows`) and the class
     half on all of them."""
     f = tb.frame
@@ -326,7 +328,8 @@ def _calibrate_cross(
         base[cal], tb.terms[name][cal], y, prior, prior_sd, map_fit=la, map_rows=rows
     )
     test_terms = tb.terms[name][test]
-    return fit.apply(base[test], test_terms), fit.interval, name, la.apply(base[test]), la.form
+    interval = calibration.interval_at(fit, base[test])
+    return fit.apply(base[test], test_terms), interval, name, la.apply(base[test]), la.form
 
 
 def ncnn_calibrated(
@@ -412,7 +415,7 @@ def ncnn_leave_one_out(
         p, (lo, hi), *_ = _calibrate_cross(tb, cal, np.array([i]), priors[fold[i]], prior_sd)
         pred[i] = p[0]
         lr = np.log(y[i] / p[0])
-        inside[i] = lo <= lr <= hi
+        inside[i] = lo[0] <= lr <= hi[0]
     return {
         "all": metrics(pred, y),
         "gpu_priced": metrics(pred[fit_rows], y[fit_rows]),

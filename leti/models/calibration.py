@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from leti.models import class_scales
+from leti.models import class_scales, uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,14 @@ class CalibrationMap:
         (a log-affine map, above the largest base it was fitted on)."""
         top = self.base_max_ms
         return self.form == LOG_AFFINE and top is not None and base_ms > top
+
+    def distance_above(self, base_ms: float) -> float:
+        """How far (log units) `base_ms` is above the largest timed base, where the answer is
+        the map extended (`extends_above`); 0 elsewhere. The interval widens with it
+        (`leti.models.uncertainty.CALIBRATION_RANGE_SD`)."""
+        if not self.extends_above(base_ms) or self.base_max_ms is None:
+            return 0.0
+        return float(uncertainty.distance_above(base_ms, self.base_max_ms))
 
     def map(self, base_ms: np.ndarray | float) -> np.ndarray:
         """The chosen form applied to the base's total."""

@@ -226,13 +226,16 @@ class Estimator:
         kernel_sum = float(ms.sum())
         lo, hi = self.log_interval
         beyond: tuple[str, ...] = ()
+        above = 0.0
         if self.calibration is not None:
-            if self.calibration.extends_above(total):
+            above = self.calibration.distance_above(total)
+            if above > 0:
                 top = self.calibration.base_max_ms
                 beyond = (
                     f"this graph's base ({total:.3g} ms) is {total / top:.1f}x the largest "
                     f"base the calibration timed ({top:.3g} ms): above it the calibrated "
-                    "answer grows in proportion to the base (an extrapolation)",
+                    "answer grows in proportion to the base (an extrapolation), and its "
+                    "interval widens with the distance",
                 )
             terms = None
             if self.calibration.class_log_weights is not None:
@@ -242,7 +245,7 @@ class Estimator:
             total = float(self.calibration.apply(total, terms))
             lo, hi = self.calibration.interval
         layers = self._breakdown(plan, ms, total, graph)
-        wide = widening(ms, distance, self._unmeasured_ms(plan, layers), total, size)
+        wide = widening(ms, distance, self._unmeasured_ms(plan, layers), total, size, above)
         lo, hi = lo - wide.log_units, hi + wide.log_units
         unsupported = _group_unsupported(plan)
         return Prediction(

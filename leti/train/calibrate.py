@@ -82,7 +82,7 @@ from leti.core.errors import (
 )
 from leti.core.store import atomic_write_json
 from leti.core.store import models_dir as resolve_models_dir
-from leti.models import class_scales
+from leti.models import class_scales, uncertainty
 from leti.models.calibration import (
     LOG_AFFINE,
     OFFSET,
@@ -438,6 +438,19 @@ def fit_cross_runtime(
         loo[i] = np.log(y[i]) - np.log(float(pred))
     sd, interval = _interval(loo, prior_sd)
     return CrossRuntimeFit(la, w, resid, loo, sd, interval)
+
+
+def interval_at(
+    fit: MapFit | CrossRuntimeFit, base_ms: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fit's log interval around its answer for each base, widened above the largest
+    timed base as the estimator widens it (log-affine maps: `CalibrationMap.distance_above`),
+    so that an evaluation scores the intervals users get."""
+    m = fit.map_fit if isinstance(fit, CrossRuntimeFit) else fit
+    span = m.base_range_ms if isinstance(m, LogAffine) else None
+    wide = uncertainty.calibration_widening(base_ms, None if span is None else span[1])
+    lo, hi = fit.interval
+    return lo - wide, hi + wide
 
 
 @dataclass(frozen=True)
