@@ -10,6 +10,7 @@ import numpy as np
 
 from leti.core.store import atomic_write_json, atomic_write_text
 from leti.evaluate.transfer import CEILING_MIN_SHARED, DRAWS, KS, REPEAT_AGREE, TransferReport
+from leti.models import uncertainty
 from leti.train import calibrate as calibration
 
 # --------------------------------------------------------------------------------------------
@@ -265,7 +266,10 @@ def transfer_markdown(report: TransferReport) -> str:
         "- `calibrated` answers: leave-one-out residuals of the k timings pooled with a prior "
         "residual scale (the RMS log residual left after k = 5 calibration here: "
         + ", ".join(f"{key} {v:.3f}" for key, v in report.prior_sd.items())
-        + "), Student t; the coverage columns above check them on held-out models.",
+        + "), Student t; above the largest base a log-affine calibration timed, widened by "
+        f"{uncertainty.CALIBRATION_RANGE_SD} log units of spread per log unit of base above "
+        "it (as the estimator widens them); the coverage columns above check them on "
+        "held-out models.",
         "",
     ]
     return "\n".join(lines) + "\n"

@@ -311,9 +311,8 @@ def _calibrate_cross(
 ):
     """The shipped cross-runtime calibration on rows `cal`, applied to rows `test`:
     (calibrated, log interval per test row, base kept, map half alone, its form). As
-    `leti calibrate`, the base
-    and the map half are fitted on the GPU-priced rows of `cal` (`_fit_rows`) and the class
-    half on all of them."""
+    `leti calibrate`, the base and the map half are fitted on the GPU-priced rows of `cal`
+    (`_fit_rows`) and the class half on all of them."""
     f = tb.frame
     y = f["measured"].to_numpy(float)[cal]
     rows = _fit_rows(tb)[cal]

@@ -105,9 +105,7 @@ def widening(
     return Widening(Z90 * sd, ext_share, ana_share, tuple(reasons))
 
 
-def calibration_widening(
-    base_ms: np.ndarray | float, base_max_ms: float | None
-) -> np.ndarray | float:
+def calibration_widening(base_ms: np.ndarray | float, base_max_ms: float | None) -> np.ndarray:
     """Log units a calibrated answer's interval widens by on each side when that is its only
     widening: `CALIBRATION_RANGE_SD` per log unit of base above `base_max_ms` (None: no range
     known, no widening), scaled to the interval's 90% coverage."""
