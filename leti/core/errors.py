@@ -165,17 +165,19 @@ class Unavailable(ServerError):
 
 
 # -- errors between leti's own processes -------------------------------------------------------
+def is_json(value: Any) -> bool:
+    """Whether JSON can carry `value` as it is."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def error_state(exc: LetiError) -> dict:
     """The attributes of `exc` that JSON can carry (a worker process sends them with the class
     name and the message; `rebuild_error` makes the same error again)."""
-    state = {}
-    for key, value in exc.__dict__.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        state[key] = value
-    return state
+    return {key: value for key, value in exc.__dict__.items() if is_json(value)}
 
 
 def rebuild_error(name: str, message: str, state: dict) -> LetiError:

@@ -483,13 +483,14 @@ def ncnn_nearest_gpu_ceiling(
             common = sorted(set(mine) & set(theirs))
             if other == gid or len(common) < min_shared:
                 continue
-            x = np.log([theirs[m] for m in common])
+            x = np.array([theirs[m] for m in common])
             y = np.array([mine[m] for m in common])
             pred = np.empty(len(common))
             for i in range(len(common)):
                 keep = np.arange(len(common)) != i
-                slope, icpt = np.polyfit(x[keep], np.log(y[keep]), 1)
-                pred[i] = np.exp(icpt + slope * x[i])
+                # the FLOPs baseline's log-log line, on the other GPU's times instead of FLOPs
+                coef = fit_flops_baseline(x[keep], y[keep])
+                pred[i] = flops_baseline_predict(coef, x[i : i + 1])[0]
             score = metrics(pred, y)
             if best is None or score["acc20"] > best["acc20"]:
                 best = {**score, "via": other, "shared_models": len(common)}

@@ -143,14 +143,6 @@ def answer_from_doc(doc: dict[str, Any]) -> Prediction | LetiError:
 _LINE = tuple.__new__
 
 
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 # -- the parent's side ---------------------------------------------------------------------------
 class Worker:
     """One worker process with the estimator loaded: `send(chunk)`, then `answers()`."""
@@ -369,7 +361,7 @@ def predict_in_workers(
     worker processes. None when workers cannot answer for this estimator (no recipe, or
     `input_shapes` that JSON cannot carry). A pool whose batch failed is dropped (the next call
     starts a new one)."""
-    if not _is_json(input_shapes):
+    if not errors.is_json(input_shapes):
         return None
     running = pool(estimator, workers - 1)
     if running is None:
